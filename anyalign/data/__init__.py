@@ -1,0 +1,5 @@
+"""WebDataset pipeline, sample schema, collate, DataModule."""
+from .module import PreferenceDataModule
+from .pipeline import Skipped
+
+__all__ = ["PreferenceDataModule", "Skipped"]

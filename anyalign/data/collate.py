@@ -1,0 +1,85 @@
+"""Collate tokenized examples into rows of the shared token stream.
+
+Layouts:
+- ``shared`` (default): one row per pair, ``prompt | chosen | rejected``; media once per pair.
+- ``concatenated``: two rows per pair, ``prompt | chosen`` and ``prompt | rejected``, media duplicated
+  (what other frameworks do; kept as the baseline and the fallback for LMs that cannot take a 4-D mask).
+
+A row is ``(prompt_ids, media, [(sequence_name, example_index, response_ids), ...])``; see
+``anyalign/logprobs.py`` for what ``roles``, ``pred_pos`` and ``target_seq`` mean.
+"""
+from __future__ import annotations
+
+import torch
+
+LAYOUTS = ("shared", "concatenated")
+
+
+def rows_for(examples: list[dict], layout: str) -> list[tuple]:
+    rows = []
+    for i, ex in enumerate(examples):
+        slots = [(name, i, ids) for name, ids in ex["responses"].items()]
+        if layout == "shared":
+            rows.append((ex["prompt"], ex["media"], slots))
+        elif layout == "concatenated":
+            rows.extend((ex["prompt"], ex["media"], [slot]) for slot in slots)
+        else:
+            raise ValueError(f"data.layout={layout!r} is not one of {LAYOUTS}")
+    return rows
+
+
+def collate_rows(rows: list[tuple], pad_id: int, adapters: dict, num_examples: int,
+                 pad_to_multiple_of: int = 1) -> dict:
+    length = max(len(p) + sum(len(ids) for _, _, ids in slots) for p, _, slots in rows)
+    length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
+    n = len(rows)
+    input_ids = torch.full((n, length), pad_id, dtype=torch.long)
+    roles = torch.full((n, length), -1, dtype=torch.long)
+    position_ids = torch.zeros((n, length), dtype=torch.long)
+    target_seq = torch.full((n, length), -1, dtype=torch.long)
+    pred_pos = torch.zeros((n, length), dtype=torch.long)
+    token_weights = torch.zeros((n, length), dtype=torch.float32)
+    index: dict[str, list[int]] = {}
+    media: dict[str, list] = {}
+    seq = 0
+    for r, (prompt, row_media, slots) in enumerate(rows):
+        p = len(prompt)
+        input_ids[r, :p] = torch.tensor(prompt, dtype=torch.long)
+        roles[r, :p] = 0
+        position_ids[r, :p] = torch.arange(p)
+        offset = p
+        for k, (name, example, ids) in enumerate(slots, start=1):
+            end = offset + len(ids)
+            input_ids[r, offset:end] = torch.tensor(ids, dtype=torch.long)
+            roles[r, offset:end] = k
+            position_ids[r, offset:end] = torch.arange(p, p + len(ids))
+            target_seq[r, offset:end] = seq
+            token_weights[r, offset:end] = 1.0
+            pred_pos[r, offset:end] = torch.arange(offset - 1, end - 1)
+            pred_pos[r, offset] = p - 1  # a slot's first token is predicted by the last prompt token
+            index.setdefault(name, [-1] * num_examples)[example] = seq
+            seq += 1
+            offset = end
+        for modality, items in row_media.items():
+            media.setdefault(modality, []).extend(items)
+    return {
+        "input_ids": input_ids, "roles": roles, "position_ids": position_ids, "target_seq": target_seq,
+        "pred_pos": pred_pos, "token_weights": token_weights, "num_sequences": seq,
+        "index": {name: torch.tensor(ix, dtype=torch.long) for name, ix in index.items()},
+        "media": {m: adapters[m].collate(items) for m, items in media.items()},
+    }
+
+
+class Collator:
+    """Picklable collate for the data workers: examples -> batch dict."""
+
+    def __init__(self, layout: str, pad_id: int, adapters: dict, pad_to_multiple_of: int = 1):
+        if layout not in LAYOUTS:
+            raise ValueError(f"data.layout={layout!r} is not one of {LAYOUTS}")
+        self.layout, self.pad_id, self.adapters, self.multiple = layout, pad_id, adapters, pad_to_multiple_of
+
+    def __call__(self, examples: list[dict]) -> dict:
+        batch = collate_rows(rows_for(examples, self.layout), self.pad_id, self.adapters, len(examples),
+                             self.multiple)
+        batch["keys"] = [ex["key"] for ex in examples]
+        return batch

@@ -1,0 +1,179 @@
+"""PreferenceDataModule: WebDataset shards in, collated preference batches out.
+
+Model-dependent settings bind late: in ``setup`` the module takes the tokenizer, the media token ids
+and the adapters' CPU preprocessing from the model being trained, so one data config serves any model.
+
+Every rank must run the same number of batches per epoch or distributed training hangs. With one
+process an epoch is exactly one pass (each sample once). With several, each rank reads its own disjoint
+shards, cycling them if needed, for ``samples_per_epoch // (world_size * batch_size)`` batches;
+``samples_per_epoch`` defaults to the number of samples counted in the shards' tar headers.
+"""
+from __future__ import annotations
+
+import tarfile
+from functools import partial
+from pathlib import Path
+
+import braceexpand
+import lightning as L
+from torch.utils.data import DataLoader
+
+from .collate import LAYOUTS, Collator
+from .pipeline import PreferenceStream, batched, decode, rank_and_world, tokenize, worker_init
+from .template import PreferenceTokenizer
+
+
+def expand_shards(spec: str | list[str] | None, key: str) -> list[str]:
+    if spec is None:
+        return []
+    specs = [spec] if isinstance(spec, str) else list(spec)
+    urls = [u for s in specs for u in braceexpand.braceexpand(s)]
+    if not urls:
+        raise ValueError(f"{key}: no shards in {spec!r}")
+    for u in urls:
+        if "://" not in u and not u.startswith("pipe:") and not Path(u).is_file():
+            raise FileNotFoundError(f"{key}: shard not found: {u}")
+    return urls
+
+
+def count_samples(urls: list[str]) -> int:
+    """Samples in local shards, from tar headers only (``KEY.json`` members)."""
+    n = 0
+    for u in urls:
+        try:
+            with tarfile.open(u) as tar:
+                n += sum(1 for m in tar.getmembers() if m.name.endswith(".json"))
+        except (tarfile.TarError, OSError):
+            pass  # counted as bad when read
+    return n
+
+
+class Compose:
+    """Chain generator stages (picklable, unlike a closure, for spawned workers)."""
+
+    def __init__(self, stages: list):
+        self.stages = stages
+
+    def __call__(self, src):
+        for stage in self.stages:
+            src = stage(src)
+        return src
+
+
+class EqualBatches:
+    """Exactly ``n`` batches per epoch from ``loader``, restarting it if it runs dry."""
+
+    def __init__(self, loader: DataLoader, n: int):
+        self.loader, self.n = loader, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        done = 0
+        while done < self.n:
+            produced = False
+            for batch in self.loader:
+                produced = True
+                yield batch
+                done += 1
+                if done == self.n:
+                    return
+            if not produced:
+                raise RuntimeError("this rank's shards produced no batch; give every rank at least one shard")
+
+
+class EpochLoader:
+    """A DataLoader whose stream is told the epoch each time it is iterated (workers are not
+    persistent, so the new epoch reaches them)."""
+
+    def __init__(self, stream: PreferenceStream, **kwargs):
+        self.stream, self.loader, self.epoch = stream, DataLoader(stream, batch_size=None, **kwargs), 0
+
+    def __iter__(self):
+        self.stream.set_epoch(self.epoch)
+        self.epoch += 1
+        return iter(self.loader)
+
+
+class PreferenceDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        train_shards: str | list[str],
+        val_shards: str | list[str] | None = None,
+        batch_size: int = 8,
+        val_batch_size: int | None = None,
+        num_workers: int = 2,
+        shuffle_buffer: int = 256,
+        max_length: int = 1024,
+        layout: str = "shared",
+        pad_to_multiple_of: int = 8,
+        samples_per_epoch: int | None = None,
+        seed: int = 0,
+    ):
+        """
+        Args:
+            train_shards: training shards: a path, a brace pattern (``data/train-{000..009}.tar``) or a list.
+            val_shards: held-out shards for validation (reward accuracy on pairs never trained on).
+            batch_size: preference pairs per batch, per rank.
+            val_batch_size: pairs per validation batch (default: batch_size).
+            num_workers: data-loader worker processes per rank (decode and preprocess media).
+            shuffle_buffer: samples held for shuffling within each worker (1 disables).
+            max_length: token limit of prompt + one response; longer responses are truncated.
+            layout: ``shared`` (prompt and media once per pair) or ``concatenated`` (duplicated, baseline).
+            pad_to_multiple_of: pad row length up to a multiple of this.
+            samples_per_epoch: dataset size used to equalise batches across ranks (default: counted).
+            seed: shuffling seed (shards per epoch and the sample buffer).
+        """
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"data.layout={layout!r} is not one of {LAYOUTS}")
+        if max_length < 2:
+            raise ValueError(f"data.max_length must be >= 2, got {max_length}")
+        self.train_urls = expand_shards(train_shards, "data.train_shards")
+        self.val_urls = expand_shards(val_shards, "data.val_shards")
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
+        self.num_workers, self.shuffle_buffer, self.max_length = num_workers, shuffle_buffer, max_length
+        self.layout, self.pad_to_multiple_of = layout, pad_to_multiple_of
+        self.samples_per_epoch, self.seed = samples_per_epoch, seed
+        self.model = None
+
+    def bind(self, model) -> None:
+        """Take the tokenizer and the adapters' preprocessing from the model (a MultimodalLM)."""
+        self.model = model
+
+    def setup(self, stage: str) -> None:
+        if self.model is None:
+            self.bind(self.trainer.lightning_module.policy)
+
+    def _process(self, batch_size: int):
+        m = self.model
+        adapters = dict(m.adapters.items())
+        tok = PreferenceTokenizer(m.tokenizer, m.media_token_ids, self.max_length)
+        collate = Collator(self.layout, m.tokenizer.pad_token_id, adapters, self.pad_to_multiple_of)
+        return Compose([
+            partial(decode, adapters=adapters),                    # raw sample -> media tensors
+            partial(tokenize, tokenizer=tok, adapters=adapters),   # -> token ids, placeholders expanded
+            partial(batched, batch_size=batch_size, collate=collate),  # examples -> batches
+        ])
+
+    def _loader(self, urls: list[str], batch_size: int, shuffle: bool):
+        stream = PreferenceStream(urls, self._process(batch_size), shuffle, self.shuffle_buffer, self.seed)
+        loader = EpochLoader(stream, num_workers=self.num_workers, worker_init_fn=worker_init,
+                             persistent_workers=False)
+        _, world = rank_and_world()
+        if world == 1:
+            return loader
+        total = self.samples_per_epoch or count_samples(urls)
+        n = max(total // (world * batch_size), 1)
+        return EqualBatches(loader, n)
+
+    def train_dataloader(self):
+        return self._loader(self.train_urls, self.batch_size, shuffle=True)
+
+    def val_dataloader(self):
+        if not self.val_urls:
+            return []
+        return self._loader(self.val_urls, self.val_batch_size, shuffle=False)

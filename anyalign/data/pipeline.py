@@ -1,0 +1,185 @@
+"""The streaming pipeline: shards -> rank and worker split -> samples -> decode -> tokenize -> batches.
+
+Every stage is a generator over an iterator, testable on ``iter([...])``. A bad sample becomes a
+``Skipped`` record that flows down the stream with the batches, so it is counted and reported by key
+in the main process, whatever worker met it, and no other sample moves.
+"""
+from __future__ import annotations
+
+import random
+import tarfile
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+import torch.distributed as dist
+import webdataset as wds
+from torch.utils.data import IterableDataset, get_worker_info
+
+from modalities import BadSample
+
+from .schema import media_fields, parse_record
+
+
+@dataclass(frozen=True)
+class Skipped:
+    url: str
+    key: str
+    reason: str
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    """``dir/KEY.0.jpg`` -> (``dir/KEY``, ``0.jpg``): the key ends at the basename's first dot."""
+    head, _, base = name.rpartition("/")
+    stem, dot, field = base.partition(".")
+    return (f"{head}/{stem}" if head else stem), field.lower()
+
+
+def read_shards(urls: Iterator[str]) -> Iterator[dict | Skipped]:
+    """Shard urls -> raw samples ``{"__key__", "__url__", field: bytes}``. Tar members are only read,
+    never decoded. A broken shard reports where it broke and the stream moves on to the next one."""
+    for url in urls:
+        key, sample, seen = None, None, set()
+        try:
+            with wds.gopen(url, "rb") as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    k, field = _split_name(member.name)
+                    if k != key:
+                        if sample is not None:
+                            yield sample
+                        key, sample = k, None
+                        if k in seen:
+                            yield Skipped(url, k, "duplicate key in shard")
+                        else:
+                            seen.add(k)
+                            sample = {"__key__": k, "__url__": url}
+                    if sample is None:
+                        continue
+                    if field in sample:
+                        yield Skipped(url, k, f"duplicate member {field!r}")
+                        sample = None
+                        continue
+                    sample[field] = tar.extractfile(member).read()
+                if sample is not None:
+                    yield sample
+        except (tarfile.TarError, OSError, EOFError) as e:
+            where = f"after key {key}" if key else "at its start"
+            yield Skipped(url, key or "<shard>", f"shard unreadable {where}: {type(e).__name__}: {e}")
+
+
+def shuffle_buffer(src: Iterator, size: int, rng: random.Random) -> Iterator:
+    buf = []
+    for x in src:
+        if len(buf) < size:
+            buf.append(x)
+            continue
+        i = rng.randrange(size)
+        buf[i], x = x, buf[i]
+        yield x
+    rng.shuffle(buf)
+    yield from buf
+
+
+def decode(src: Iterator, adapters: dict) -> Iterator[dict | Skipped]:
+    """Raw sample -> ``{"key", "url", "messages", "responses", "media": {modality: [tensor, ...]}}``."""
+    for raw in src:
+        if isinstance(raw, Skipped):
+            yield raw
+            continue
+        url, key = raw["__url__"], raw["__key__"]
+        try:
+            if "json" not in raw:
+                raise BadSample("no KEY.json member")
+            record = parse_record(raw["json"])
+            media = {}
+            for modality, adapter in adapters.items():
+                fields = media_fields(raw, adapter.extensions)
+                if fields:
+                    media[modality] = [adapter.preprocess(adapter.decode(raw[f], ext)) for f, ext in fields]
+            yield {"key": key, "url": url, **record, "media": media}
+        except BadSample as e:
+            yield Skipped(url, key, str(e))
+        except Exception as e:  # an unexpected decoder failure must not stop training
+            yield Skipped(url, key, f"{type(e).__name__}: {str(e)[:300]}")
+
+
+def tokenize(src: Iterator, tokenizer, adapters: dict) -> Iterator[dict | Skipped]:
+    """Adds ``prompt`` (placeholders expanded) and tokenized ``responses``."""
+    for ex in src:
+        if isinstance(ex, Skipped):
+            yield ex
+            continue
+        try:
+            sizes = {m: [adapters[m].num_tokens(x) for x in items] for m, items in ex["media"].items()}
+            ids = tokenizer(ex["messages"], ex["responses"], sizes)
+        except BadSample as e:
+            yield Skipped(ex["url"], ex["key"], str(e))
+            continue
+        yield {"key": ex["key"], "url": ex["url"], "media": ex["media"], **ids}
+
+
+def batched(src: Iterator, batch_size: int, collate: Callable[[list], dict]) -> Iterator[dict]:
+    """Examples -> collated batches (the stream changes shape here). ``Skipped`` records ride along in
+    ``batch["skipped"]``; the last partial batch is kept, and a stream of only bad samples still yields
+    one batch with ``num_sequences == 0`` so they are reported."""
+    buf, skipped, pending = [], [], None
+    for x in src:
+        if isinstance(x, Skipped):
+            skipped.append((x.url, x.key, x.reason))
+            continue
+        buf.append(x)
+        if len(buf) == batch_size:
+            if pending is not None:
+                yield pending
+            pending, buf = {**collate(buf), "skipped": skipped}, []
+            skipped = []
+    if buf:
+        if pending is not None:
+            yield pending
+        pending = {**collate(buf), "skipped": skipped}
+    elif pending is not None:
+        pending["skipped"] = pending["skipped"] + skipped
+    elif skipped:
+        pending = {"num_sequences": 0, "keys": [], "skipped": skipped}
+    if pending is not None:
+        yield pending
+
+
+def rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class PreferenceStream(IterableDataset):
+    """One epoch of batches for this rank and worker. Shards are reshuffled each epoch (seeded), split
+    disjointly by rank, then by worker; samples are shuffled in a seeded buffer."""
+
+    def __init__(self, urls: list[str], process: Callable[[Iterator], Iterator], shuffle: bool,
+                 buffer: int, seed: int):
+        self.urls, self.process, self.shuffle, self.buffer, self.seed = urls, process, shuffle, buffer, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def shards(self, rank: int, world: int, worker: int, workers: int) -> list[str]:
+        urls = list(self.urls)
+        if self.shuffle:
+            random.Random(f"{self.seed}/{self.epoch}").shuffle(urls)
+        return urls[rank::world][worker::workers]
+
+    def __iter__(self):
+        rank, world = rank_and_world()
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        src: Iterator = read_shards(iter(self.shards(rank, world, worker, workers)))
+        if self.shuffle and self.buffer > 1:
+            src = shuffle_buffer(src, self.buffer, random.Random(f"{self.seed}/{self.epoch}/{rank}/{worker}"))
+        yield from self.process(src)
+
+
+def worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # workers decode; the main process owns the cores for the model

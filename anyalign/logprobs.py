@@ -1,0 +1,64 @@
+"""Sequence log-probs over the shared token stream.
+
+A batch row holds one prompt and one or more responses to it ("slots"). ``roles`` marks each position:
+-1 padding, 0 prompt, k >= 1 response slot k. A slot attends to the prompt and to itself, never to
+another slot, and its position ids continue from the end of the prompt, so one row with prompt + chosen +
+rejected computes exactly what two separate forwards would, while the prompt and its media run once.
+
+Scored tokens are the response tokens (``target_seq >= 0``), never counted back from the end of a row.
+Each is predicted by the hidden state at ``pred_pos``: the previous token of the same slot, or the last
+prompt token for a slot's first token (not the previous slot's last token, which is what a naive shift by
+one would use in the shared layout). Only those positions go through the LM head, so the
+``[rows, length, vocab]`` logits tensor is never materialised.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def attention_mask_4d(roles: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Float additive mask ``[rows, 1, T, T]``: 0 where query i may attend key j, finfo.min elsewhere.
+
+    Float, not boolean: a boolean 4-D mask is silently wrong under eager attention in transformers 5.
+    """
+    q, k = roles.unsqueeze(2), roles.unsqueeze(1)  # [N, T, 1], [N, 1, T]
+    t = roles.shape[1]
+    causal = torch.ones(t, t, dtype=torch.bool, device=roles.device).tril()
+    allowed = causal & (k >= 0) & (q >= 0) & ((k == 0) | (k == q))
+    # padding queries see themselves only, so no softmax row is empty (empty rows give NaN under SDPA)
+    allowed |= torch.eye(t, dtype=torch.bool, device=roles.device) & (q < 0)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=roles.device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min).unsqueeze(1)
+
+
+@dataclass
+class SeqLogps:
+    """Per-sequence log-probs: ``logps[s]`` is the (token-weighted) sum, ``tokens[s]`` the token count."""
+
+    logps: torch.Tensor
+    tokens: torch.Tensor
+
+    def select(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.logps[index], self.tokens[index]
+
+
+def gather_logps(hidden: torch.Tensor, lm_head, batch: dict, softcap: float | None = None) -> SeqLogps:
+    """Sum the log-probs of every scored token into its sequence.
+
+    hidden: ``[rows, T, H]`` final hidden states; lm_head: the LM's output projection.
+    """
+    target_seq = batch["target_seq"]
+    rows, cols = (target_seq >= 0).nonzero(as_tuple=True)
+    h = hidden[rows, batch["pred_pos"][rows, cols]]
+    logits = lm_head(h).float()
+    if softcap:  # Gemma-style final logit soft-capping, declared in the model config
+        logits = softcap * torch.tanh(logits / softcap)
+    token_logps = logits.log_softmax(-1).gather(-1, batch["input_ids"][rows, cols, None]).squeeze(-1)
+    seq = target_seq[rows, cols]
+    n = batch["num_sequences"]
+    weights = batch["token_weights"][rows, cols].to(token_logps.dtype)
+    logps = token_logps.new_zeros(n).index_add(0, seq, token_logps * weights)
+    tokens = token_logps.new_zeros(n).index_add(0, seq, torch.ones_like(token_logps))
+    return SeqLogps(logps, tokens)

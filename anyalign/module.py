@@ -1,0 +1,178 @@
+"""AlignModule: log-probs -> weighted loss terms -> metrics. Deliberately thin.
+
+The terms come from ``LOSSES``; the module asks the policy (and the reference, only if a term needs one)
+for the sequences the terms name, and nothing more.
+"""
+from __future__ import annotations
+
+import logging
+import math
+
+import lightning as L
+import torch
+
+from modalities import ModalityAdapter
+
+from .losses import LOSSES, validate_terms
+from .model import MultimodalLM
+from .reference import STRATEGIES, build_reference
+
+log = logging.getLogger("anyalign")
+
+
+class AlignModule(L.LightningModule):
+    def __init__(
+        self,
+        lm: str = "assets/tiny-lm",
+        adapters: dict[str, ModalityAdapter] | None = None,
+        losses: list[dict] | None = None,
+        reference: str = "auto",
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        scheduler: str = "cosine",
+        attn_implementation: str = "sdpa",
+        torch_dtype: str = "float32",
+        chat_template: str | None = None,
+        gradient_checkpointing: bool = False,
+        trust_remote_code: bool = False,
+        export_dir: str | None = "export",
+    ):
+        """
+        Args:
+            lm: Hugging Face causal LM (local directory or hub id); its tokenizer must have a chat template.
+            adapters: modality name -> adapter, e.g. ``{video: {class_path: VideoAdapter}}``.
+            losses: weighted terms, e.g. ``[{name: sigmoid, weight: 1.0, beta: 0.1}, {name: sft, weight: 0.1}]``.
+            reference: ``frozen_copy``, ``none``, or ``auto`` (frozen_copy if any term needs a reference).
+            lr: AdamW learning rate.
+            weight_decay: AdamW weight decay.
+            warmup_steps: linear warm-up steps.
+            scheduler: ``cosine`` (decay to 0 at trainer.max_steps) or ``constant`` after warm-up.
+            attn_implementation: LM attention kernel: ``sdpa`` or ``eager``.
+            torch_dtype: dtype the LM is loaded in (``float32``, ``bfloat16``).
+            chat_template: Jinja chat template (string or ``.jinja`` file) replacing the tokenizer's.
+            gradient_checkpointing: recompute LM activations in backward to save memory.
+            trust_remote_code: allow custom model code from the LM's repository (off unless you set it).
+            export_dir: where the aligned model is written in Hugging Face format at the end of ``fit``
+                (relative paths go under the run's log directory); None disables.
+        """
+        super().__init__()
+        self.save_hyperparameters(ignore=["adapters"])
+        self.terms = validate_terms(losses if losses is not None else [{"name": "sigmoid"}])
+        needs_ref = any(LOSSES[t["name"]].needs_reference for t in self.terms)
+        if reference == "auto":
+            reference = "frozen_copy" if needs_ref else "none"
+        if reference not in STRATEGIES:
+            raise ValueError(f"model.reference={reference!r} is not one of {('auto',) + STRATEGIES}")
+        if needs_ref and reference == "none":
+            names = [t["name"] for t in self.terms if LOSSES[t["name"]].needs_reference]
+            raise ValueError(f"model.reference=none but loss term(s) {names} need a reference model")
+        if scheduler not in ("cosine", "constant"):
+            raise ValueError(f"model.scheduler={scheduler!r} is not one of ('cosine', 'constant')")
+        self.sequences = sorted(set().union(*(LOSSES[t["name"]].sequences for t in self.terms)))
+        self.policy = MultimodalLM(lm, dict(adapters or {}), attn_implementation, torch_dtype, chat_template,
+                                   gradient_checkpointing, trust_remote_code)
+        self.reference = build_reference(reference if needs_ref else "none", self.policy)
+        self.skipped: list[tuple[str, str, str]] = []
+        self.val_history: list[dict] = []
+        self._val = {}
+
+    # ---- log-probs and loss terms ----
+    def _inputs(self, name: str, policy, reference, batch) -> torch.Tensor:
+        source, _, seq = name.partition("_")
+        avg = seq.endswith("_avg")
+        seq = seq.removesuffix("_avg")
+        logps, tokens = (policy if source == "policy" else reference).select(batch["index"][seq])
+        return logps / tokens.clamp(min=1) if avg else logps
+
+    def _step(self, batch: dict, stage: str):
+        self._record_skipped(batch, stage)
+        if batch["num_sequences"] == 0:
+            return None
+        policy = self.policy(batch)
+        reference = self.reference(batch) if self.reference is not None else None
+        loss, rewards = 0.0, None
+        for term in self.terms:
+            spec = LOSSES[term["name"]]
+            losses, chosen_r, rejected_r = spec.fn(**{n: self._inputs(n, policy, reference, batch)
+                                                      for n in spec.inputs}, **term["params"])
+            loss = loss + term["weight"] * losses.mean()
+            if rewards is None and chosen_r is not None:
+                rewards = (chosen_r, rejected_r)
+        metrics = {"loss": loss.detach()}
+        if rewards is not None:
+            c, r = rewards
+            metrics |= {"rewards/chosen": c.mean(), "rewards/rejected": r.mean(),
+                        "rewards/margins": (c - r).mean(), "rewards/accuracies": (c > r).float().mean()}
+        for seq in ("chosen", "rejected"):
+            if seq in batch["index"] and seq in self.sequences:
+                metrics[f"logps/{seq}"] = policy.logps[batch["index"][seq]].detach().mean()
+        return loss, metrics, (rewards[0] > rewards[1]).float() if rewards is not None else None
+
+    def training_step(self, batch: dict, batch_idx: int):
+        out = self._step(batch, "train")
+        if out is None:
+            return None
+        loss, metrics, _ = out
+        bs = len(batch["keys"])
+        self.log("train/loss", metrics.pop("loss"), prog_bar=True, batch_size=bs)
+        self.log_dict(metrics, prog_bar=True, batch_size=bs)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int):
+        out = self._step(batch, "val")
+        if out is None:
+            return None
+        _, metrics, correct = out
+        bs = len(batch["keys"])
+        self.log_dict({f"val/{k}": v for k, v in metrics.items()}, prog_bar=True, batch_size=bs, sync_dist=True)
+        if correct is not None:
+            self._val["correct"] = self._val.get("correct", 0.0) + float(correct.sum())
+            self._val["pairs"] = self._val.get("pairs", 0) + len(correct)
+
+    def on_validation_epoch_start(self) -> None:
+        self._val = {}
+
+    def on_validation_epoch_end(self) -> None:
+        if self._val.get("pairs"):
+            self.val_history.append({"step": self.global_step, "sanity": self.trainer.sanity_checking,
+                                     "accuracy": self._val["correct"] / self._val["pairs"],
+                                     "pairs": self._val["pairs"]})
+
+    def _record_skipped(self, batch: dict, stage: str) -> None:
+        for url, key, reason in batch.get("skipped", []):
+            log.warning("skipped sample %s in %s: %s", key, url, reason)
+            self.skipped.append((url, key, reason))
+        if batch.get("skipped") and stage == "train":
+            self.log("data/skipped", float(len(self.skipped)), reduce_fx="max", batch_size=1)
+
+    # ---- devices, optimizer, callbacks ----
+    def on_fit_start(self) -> None:
+        if self.reference is not None:
+            self.reference.to(self.device)
+
+    on_validation_start = on_test_start = on_predict_start = on_fit_start
+
+    def configure_optimizers(self):
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        total = self.trainer.max_steps
+        if self.hparams.scheduler == "cosine" and (total is None or total < 1):
+            raise ValueError("model.scheduler=cosine needs trainer.max_steps (the step it decays to 0 at)")
+        warm = self.hparams.warmup_steps
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            if self.hparams.scheduler == "constant":
+                return 1.0
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def configure_callbacks(self):
+        from .callbacks import ExportCallback, ReportCallback
+        callbacks = [ReportCallback()]
+        if self.hparams.export_dir:
+            callbacks.append(ExportCallback(self.hparams.export_dir))
+        return callbacks

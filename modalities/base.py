@@ -1,0 +1,102 @@
+"""The modality adapter contract.
+
+An adapter is one object per modality with two faces:
+- CPU side, run in data workers: ``decode`` (bytes -> raw), ``preprocess`` (raw -> tensor),
+  ``num_tokens`` (LM positions an item takes) and ``corrupt`` (named negative operators);
+- model side, an ``nn.Module``: ``forward(batch) -> [items, tokens, lm_hidden]``.
+
+The projector into the LM is built late, by ``bind(lm_hidden_size)``, because the adapter is configured
+before the LM is loaded. Constructor arguments are recorded automatically (``init_args``) so the export
+can rebuild any adapter, including ones defined outside anyalign.
+"""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+class BadSample(ValueError):
+    """A sample that cannot be used; the message is the reason reported with its key."""
+
+
+class ModalityAdapter(nn.Module):
+    #: text marker in prompts, one per media item
+    placeholder: ClassVar[str] = ""
+    #: shard member extensions this adapter consumes, in order of preference
+    extensions: ClassVar[tuple[str, ...]] = ()
+    #: corruption operators: name -> method name (see ``corrupt``)
+    operators: ClassVar[tuple[str, ...]] = ()
+
+    def __new__(cls, *args, **kwargs):
+        obj = super().__new__(cls)
+        bound = inspect.signature(cls.__init__).bind(None, *args, **kwargs)
+        bound.apply_defaults()
+        # record what the user passed, so export can rebuild the adapter without knowing its class
+        object.__setattr__(obj, "_init_args", {k: v for k, v in list(bound.arguments.items())[1:]
+                                               if k not in ("args", "kwargs")})
+        return obj
+
+    @property
+    def init_args(self) -> dict[str, Any]:
+        return dict(self._init_args)
+
+    # ---- CPU side (data workers) ----
+    def decode(self, data: bytes, ext: str) -> Any:
+        raise NotImplementedError
+
+    def preprocess(self, raw: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def num_tokens(self, item: torch.Tensor) -> int:
+        raise NotImplementedError
+
+    def corrupt(self, item: torch.Tensor, op: str, rng: torch.Generator) -> torch.Tensor:
+        raise BadSample(f"{type(self).__name__} has no corruption operator {op!r}; it has {self.operators}")
+
+    def collate(self, items: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(items)
+
+    # ---- model side ----
+    def bind(self, lm_hidden_size: int) -> None:
+        """Build the projector into the LM's hidden size (called once by MultimodalLM)."""
+        raise NotImplementedError
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """Encode a batch of items into ``[items, tokens, lm_hidden]`` (or a list of ``[tokens_i, lm_hidden]``)."""
+        raise NotImplementedError
+
+    def export(self, directory) -> dict[str, Any]:
+        """Write what is needed beside the state dict to rebuild this adapter; return init-arg overrides."""
+        return {}
+
+
+def mlp_projector(in_dim: int, out_dim: int, depth: int = 2) -> nn.Sequential:
+    """LLaVA-1.5's projector: Linear, then (GELU, Linear) * (depth - 1)."""
+    layers: list[nn.Module] = [nn.Linear(in_dim, out_dim)]
+    for _ in range(depth - 1):
+        layers += [nn.GELU(), nn.Linear(out_dim, out_dim)]
+    return nn.Sequential(*layers)
+
+
+def freeze(module: nn.Module, frozen: bool) -> None:
+    for p in module.parameters():
+        p.requires_grad_(not frozen)
+
+
+def check_pretrained(path: str, what: str) -> str:
+    """Fail early, naming ``what``, when ``path`` looks local but does not exist.
+
+    A hub id is ``org/name``; anything absolute, relative (``./``, ``~``), deeper, or whose first
+    component is a local folder (``assets/tiny-lm``) is a local path.
+    """
+    p = Path(path).expanduser()
+    if p.exists():
+        return path
+    parts = Path(path).parts
+    if path.startswith(("/", ".", "~")) or len(parts) != 2 or Path(parts[0]).is_dir():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    return path  # a hub id: transformers resolves it (and fails with its own message when offline)

@@ -1,0 +1,71 @@
+"""Image adapter: Pillow decode, resize + normalise on CPU, vision tower + MLP projector on the model.
+
+One item is one image; a prompt with several ``<image>`` markers takes several items, in order.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .base import ModalityAdapter, freeze, mlp_projector
+from .vision import VisionTower, decode_image, to_pixels
+
+
+class ImageAdapter(ModalityAdapter):
+    placeholder = "<image>"
+    extensions = ("jpg", "jpeg", "png", "webp")
+
+    def __init__(
+        self,
+        encoder: str = "assets/tiny-siglip",
+        spatial_pool: int = 1,
+        projector_depth: int = 2,
+        freeze_encoder: bool = True,
+        freeze_projector: bool = False,
+        trust_remote_code: bool = False,
+    ):
+        """
+        Args:
+            encoder: Hugging Face vision encoder (local directory or hub id), e.g. a SigLIP or CLIP checkpoint.
+            spatial_pool: average-pool the patch grid by this factor to cut tokens per image.
+            projector_depth: number of Linear layers in the MLP projector.
+            freeze_encoder: keep the vision encoder's weights fixed.
+            freeze_projector: keep the projector's weights fixed.
+            trust_remote_code: allow custom code from the encoder's repository (off unless you set it).
+        """
+        super().__init__()
+        self.tower = VisionTower(encoder, spatial_pool, trust_remote_code)
+        self.projector_depth = projector_depth
+        self.freeze_encoder, self.freeze_projector = freeze_encoder, freeze_projector
+        freeze(self.tower, freeze_encoder)
+        self.projector = None
+
+    def bind(self, lm_hidden_size: int) -> None:
+        self.projector = mlp_projector(self.tower.hidden_size, lm_hidden_size, self.projector_depth)
+        freeze(self.projector, self.freeze_projector)
+
+    def decode(self, data: bytes, ext: str) -> Image.Image:
+        return decode_image(data)
+
+    def preprocess(self, raw: Image.Image) -> torch.Tensor:
+        size = self.tower.image_size
+        img = raw.resize((size, size), Image.Resampling.BICUBIC)
+        return to_pixels(np.asarray(img), self.tower.mean, self.tower.std)
+
+    def num_tokens(self, item: torch.Tensor) -> int:
+        return self.tower.tokens_per_image
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.tower(batch))
+
+    def export(self, directory) -> dict:
+        self.tower.encoder.save_pretrained(directory / "encoder")
+        (directory / "encoder" / "preprocessor_config.json").write_text(_preprocessor_json(self.tower))
+        return {"encoder": str(directory / "encoder")}
+
+
+def _preprocessor_json(tower: VisionTower) -> str:
+    import json
+    return json.dumps({"image_mean": tower.mean, "image_std": tower.std,
+                       "size": {"height": tower.image_size, "width": tower.image_size}})

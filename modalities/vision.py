@@ -1,0 +1,99 @@
+"""Shared vision pieces for the image, multi-image and video adapters.
+
+The encoder is any Hugging Face vision tower loaded with ``from_pretrained`` (SigLIP, CLIP, or the tiny
+SigLIP in ``assets/``). Input size and normalisation come from the encoder's own preprocessor config,
+so a pretrained encoder sees pixels the way it was trained. The encoder is chosen by its declared
+``model_type``, never by its name.
+"""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from transformers import AutoConfig, AutoModel, CLIPVisionModel, SiglipVisionModel
+
+from .base import BadSample, check_pretrained
+
+# Full two-tower checkpoints (SigLIP, CLIP) are loaded as their vision tower only.
+VISION_TOWERS = {"siglip": SiglipVisionModel, "clip": CLIPVisionModel}
+# Pixel cap against decompression bombs: 64 megapixels is far above any sane training image.
+MAX_PIXELS = 64_000_000
+
+
+def load_vision_encoder(path: str, trust_remote_code: bool = False) -> nn.Module:
+    check_pretrained(path, "vision encoder")
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    tower = VISION_TOWERS.get(config.model_type)
+    if tower is not None:
+        return tower.from_pretrained(path)
+    return AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+
+def vision_preprocessing(path: str, encoder_config) -> tuple[int, list[float], list[float]]:
+    """(image_size, mean, std) from the encoder's preprocessor_config.json, else its config."""
+    size = getattr(encoder_config, "image_size", 224)
+    mean, std = [0.5] * 3, [0.5] * 3
+    cfg_file = Path(path) / "preprocessor_config.json"
+    if cfg_file.exists():
+        cfg = json.loads(cfg_file.read_text())
+        mean, std = cfg.get("image_mean", mean), cfg.get("image_std", std)
+        s = cfg.get("size", {})
+        size = s.get("height", s.get("shortest_edge", size)) if isinstance(s, dict) else s
+        size = cfg.get("crop_size", {}).get("height", size) if isinstance(cfg.get("crop_size"), dict) else size
+    return int(size), list(mean), list(std)
+
+
+def decode_image(data: bytes) -> Image.Image:
+    try:
+        img = Image.open(io.BytesIO(data))
+        if img.width * img.height > MAX_PIXELS:
+            raise BadSample(f"image of {img.width}x{img.height} pixels exceeds the {MAX_PIXELS} pixel limit")
+        img.load()
+    except BadSample:
+        raise
+    except Exception as e:  # Pillow raises many types for bad bytes
+        raise BadSample(f"cannot decode image: {type(e).__name__}: {e}") from None
+    return img.convert("RGB")
+
+
+def to_pixels(frames: np.ndarray, mean: list[float], std: list[float]) -> torch.Tensor:
+    """uint8 [..., H, W, 3] -> normalised float [..., 3, H, W]."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).float().div_(255.0)
+    x = x.movedim(-1, -3)
+    m = torch.tensor(mean).view(3, 1, 1)
+    s = torch.tensor(std).view(3, 1, 1)
+    return (x - m) / s
+
+
+class VisionTower(nn.Module):
+    """Encoder + optional spatial pooling; output ``[n, tokens, encoder_hidden]``."""
+
+    def __init__(self, encoder: str, spatial_pool: int = 1, trust_remote_code: bool = False):
+        super().__init__()
+        self.encoder = load_vision_encoder(encoder, trust_remote_code)
+        self.image_size, self.mean, self.std = vision_preprocessing(encoder, self.encoder.config)
+        self.hidden_size = self.encoder.config.hidden_size
+        patch = self.encoder.config.patch_size
+        self.grid = self.image_size // patch
+        if self.grid % spatial_pool:
+            raise ValueError(f"spatial_pool={spatial_pool} must divide the {self.grid}x{self.grid} patch grid")
+        self.spatial_pool = spatial_pool
+        # CLIP prepends a class token; SigLIP does not. Declared by the config class, not guessed.
+        self.skip_cls = int(self.encoder.config.model_type == "clip_vision_model")
+
+    @property
+    def tokens_per_image(self) -> int:
+        return (self.grid // self.spatial_pool) ** 2
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        h = self.encoder(pixel_values=pixels).last_hidden_state[:, self.skip_cls:]
+        if self.spatial_pool > 1:
+            n, _, d = h.shape
+            h = h.transpose(1, 2).reshape(n, d, self.grid, self.grid)
+            h = nn.functional.avg_pool2d(h, self.spatial_pool).flatten(2).transpose(1, 2)
+        return h
