@@ -31,7 +31,8 @@ class ReportCallback(L.Callback):
         if hist:
             first, last = hist[0], hist[-1]
             lines.append(f"[anyalign] held-out reward accuracy: {last['accuracy']:.3f} on {last['pairs']} pairs "
-                         f"(step {last['step']}; {first['accuracy']:.3f} at step {first['step']})")
+                         f"(step {last['step']}; {first['accuracy']:.3f} at step {first['step']}"
+                         f"{', where ' + str(first['ties']) + ' pairs tie: policy = reference' if first['ties'] else ''})")
         lines.append(f"[anyalign] bad samples skipped: {len(pl_module.skipped)}")
         for url, key, reason in pl_module.skipped[:50]:
             lines.append(f"    {url} :: {key}: {reason}")

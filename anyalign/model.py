@@ -61,6 +61,7 @@ class MultimodalLM(nn.Module):
             adapter.bind(hidden)
         self.adapters = nn.ModuleDict(adapters)
         self.softcap = getattr(self.lm.config.get_text_config(), "final_logit_softcapping", None)
+        self.train()  # from_pretrained returns eval-mode modules; training needs the LM's dropout back
 
     def embed(self, input_ids: torch.Tensor, media: dict) -> torch.Tensor:
         embeds = self.lm.get_input_embeddings()(input_ids)

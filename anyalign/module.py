@@ -107,7 +107,8 @@ class AlignModule(L.LightningModule):
         for seq in ("chosen", "rejected"):
             if seq in batch["index"] and seq in self.sequences:
                 metrics[f"logps/{seq}"] = policy.logps[batch["index"][seq]].detach().mean()
-        return loss, metrics, (rewards[0] > rewards[1]).float() if rewards is not None else None
+        correct = ((rewards[0] > rewards[1]).float(), rewards[0] == rewards[1]) if rewards is not None else None
+        return loss, metrics, correct
 
     def training_step(self, batch: dict, batch_idx: int):
         out = self._step(batch, "train")
@@ -125,10 +126,13 @@ class AlignModule(L.LightningModule):
             return None
         _, metrics, correct = out
         bs = len(batch["keys"])
-        self.log_dict({f"val/{k}": v for k, v in metrics.items()}, prog_bar=True, batch_size=bs, sync_dist=True)
+        for k, v in metrics.items():
+            self.log(f"val/{k}", v, prog_bar=k in ("loss", "rewards/accuracies"), batch_size=bs, sync_dist=True)
         if correct is not None:
-            self._val["correct"] = self._val.get("correct", 0.0) + float(correct.sum())
-            self._val["pairs"] = self._val.get("pairs", 0) + len(correct)
+            acc, ties = correct
+            self._val["correct"] = self._val.get("correct", 0.0) + float(acc.sum())
+            self._val["ties"] = self._val.get("ties", 0) + int(ties.sum())
+            self._val["pairs"] = self._val.get("pairs", 0) + len(acc)
 
     def on_validation_epoch_start(self) -> None:
         self._val = {}
@@ -137,6 +141,7 @@ class AlignModule(L.LightningModule):
         if self._val.get("pairs"):
             self.val_history.append({"step": self.global_step, "sanity": self.trainer.sanity_checking,
                                      "accuracy": self._val["correct"] / self._val["pairs"],
+                                     "ties": self._val["ties"],
                                      "pairs": self._val["pairs"]})
 
     def _record_skipped(self, batch: dict, stage: str) -> None:

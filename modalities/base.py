@@ -61,6 +61,16 @@ class ModalityAdapter(nn.Module):
         return torch.stack(items)
 
     # ---- model side ----
+    def train(self, mode: bool = True) -> "ModalityAdapter":
+        """Frozen parts (no trainable parameter) stay in eval mode, so e.g. an encoder's dropout and
+        batch-norm statistics do not change while only the projector trains."""
+        super().train(mode)
+        for child in self.children():
+            params = list(child.parameters())
+            if params and not any(p.requires_grad for p in params):
+                child.eval()
+        return self
+
     def bind(self, lm_hidden_size: int) -> None:
         """Build the projector into the LM's hidden size (called once by MultimodalLM)."""
         raise NotImplementedError

@@ -27,11 +27,19 @@ def sample_indices(num_available: int, num_frames: int, avg_fps: float, fps: flo
     return np.minimum(idx.astype(np.int64), num_available - 1)
 
 
+def decode_size(size: int | None) -> int | None:
+    """decord2 (FFmpeg 8) scales at decode time only to widths that are multiples of 64; others fail with
+    ``from_size == to_size``. Decode at the target rounded up to 64, and resize the rest on the CPU."""
+    return -(-size // 64) * 64 if size else None
+
+
 def read_frames(data: bytes, num_frames: int, size: int | None = None, fps: float | None = None) -> np.ndarray:
-    """Decode the sampled frames of a clip from its bytes: uint8 ``[frames, H, W, 3]``."""
+    """Decode the sampled frames of a clip from its bytes, scaled to about ``size`` square while decoding:
+    uint8 ``[frames, H, W, 3]``."""
     import decord
 
     try:
+        size = decode_size(size)
         kw = {"width": size, "height": size} if size else {}
         vr = decord.VideoReader(io.BytesIO(data), num_threads=1, **kw)
         n = len(vr)

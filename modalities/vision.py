@@ -63,7 +63,7 @@ def decode_image(data: bytes) -> Image.Image:
 
 def to_pixels(frames: np.ndarray, mean: list[float], std: list[float]) -> torch.Tensor:
     """uint8 [..., H, W, 3] -> normalised float [..., 3, H, W]."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).float().div_(255.0)
+    x = torch.from_numpy(np.array(frames, dtype=np.float32)).div_(255.0)  # copies: decoder buffers are read-only
     x = x.movedim(-1, -3)
     m = torch.tensor(mean).view(3, 1, 1)
     s = torch.tensor(std).view(3, 1, 1)

@@ -1,0 +1,67 @@
+"""Shared fixtures: the embedded default model, and helpers to write small shards for tests."""
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT / "assets"
+sys.path.insert(0, str(Path(__file__).parent))  # test-local adapters importable by class_path
+
+
+def pytest_configure(config):
+    import transformers
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+@pytest.fixture(scope="session")
+def tiny_lm() -> str:
+    return str(ASSETS / "tiny-lm")
+
+
+@pytest.fixture(scope="session")
+def tiny_vit() -> str:
+    return str(ASSETS / "tiny-siglip")
+
+
+@pytest.fixture()
+def image_model(tiny_lm, tiny_vit):
+    from anyalign.model import MultimodalLM
+    from modalities import ImageAdapter
+    torch.manual_seed(0)
+    return MultimodalLM(tiny_lm, {"image": ImageAdapter(encoder=tiny_vit)})
+
+
+def jpeg_bytes(seed: int = 0, size: int = 48) -> bytes:
+    from PIL import Image
+    g = torch.Generator().manual_seed(seed)
+    arr = (torch.rand(size, size, 3, generator=g) * 255).to(torch.uint8).numpy()
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def write_shard(path: Path, samples: list[dict]) -> str:
+    """samples: ``{"__key__": ..., "json": dict | bytes, ext: bytes}``; written in order with tarfile."""
+    import tarfile
+    with tarfile.open(path, "w") as tar:
+        for s in samples:
+            for field, value in s.items():
+                if field == "__key__":
+                    continue
+                data = json.dumps(value).encode() if isinstance(value, dict) else value
+                info = tarfile.TarInfo(f"{s['__key__']}.{field}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return str(path)
+
+
+def pair(key: str, prompt: str = "<image>\nWhat is this?", chosen: str = "A cat.", rejected: str = "A dog.",
+         **media) -> dict:
+    return {"__key__": key, "json": {"prompt": prompt, "chosen": chosen, "rejected": rejected}, **media}
