@@ -26,8 +26,11 @@ class BadSample(ValueError):
 class ModalityAdapter(nn.Module):
     #: text marker in prompts, one per media item
     placeholder: ClassVar[str] = ""
-    #: shard member extensions this adapter consumes, in order of preference
+    #: shard member extensions this adapter consumes
     extensions: ClassVar[tuple[str, ...]] = ()
+    #: container extensions it can also read (e.g. audio from ``KEY.mp4``), used only when the prompt
+    #: has this adapter's placeholder and the sample has no member with one of ``extensions``
+    container_extensions: ClassVar[tuple[str, ...]] = ()
     #: corruption operators: name -> method name (see ``corrupt``)
     operators: ClassVar[tuple[str, ...]] = ()
 

@@ -94,8 +94,11 @@ def decode(src: Iterator, adapters: dict) -> Iterator[dict | Skipped]:
                 raise BadSample("no KEY.json member")
             record = parse_record(raw["json"])
             media = {}
+            text = " ".join(m["content"] for m in record["messages"])
             for modality, adapter in adapters.items():
                 fields = media_fields(raw, adapter.extensions)
+                if not fields and adapter.container_extensions and adapter.placeholder in text:
+                    fields = media_fields(raw, adapter.container_extensions)  # e.g. the soundtrack of KEY.mp4
                 if fields:
                     media[modality] = [adapter.preprocess(adapter.decode(raw[f], ext)) for f, ext in fields]
             yield {"key": key, "url": url, **record, "media": media}
