@@ -1,12 +1,19 @@
 """Preference losses: small pure functions of per-sequence log-probs, and the one registry ``LOSSES``.
 
-Every function returns ``(losses [B], chosen_rewards [B] | None, rejected_rewards [B] | None)``.
-Its parameters without defaults are its inputs, named ``{policy|reference}_{sequence}[_avg]``:
-``policy_chosen`` is the token-summed log-prob of the chosen response under the policy,
-``reference_rejected_avg`` the per-token average under the reference, and so on. Parameters with
-defaults are hyper-parameters, set per term in the config. From the signature alone the registry knows
-whether a term needs a reference model and which sequences it needs, so the module computes nothing
-else, and a misspelt hyper-parameter fails at start-up. Formulas, defaults and sources: METHODS.md.
+Every function returns ``(losses [B], chosen_rewards [B] | None, rejected_rewards [B] | None)``; the
+rewards are both tensors or both None. Its parameters without defaults are its inputs, named
+``{policy|reference}_{sequence}[_avg]``: ``policy_chosen`` is the token-summed log-prob of the chosen
+response under the policy, ``reference_rejected_avg`` the per-token average under the reference, and so
+on. The only other inputs allowed are the per-example labels in ``DATA_INPUTS`` (KTO's ``desirable``).
+Parameters with defaults are hyper-parameters, set per term in the config. From the signature alone the
+registry knows whether a term needs a reference model and which sequences it needs, so the module
+computes nothing else, and a misspelt hyper-parameter fails at start-up. Formulas, defaults and
+sources: METHODS.md (section A, mDPO in C). Notation: r = policy − reference log-ratio, Δ = r_w − r_l.
+
+Dense token weights (DDPO) need no loss here: the log-probs arrive already token-weighted.
+Departures from the papers: KTO's z0 is the mean over this batch (one device) rather than over all
+processes; ``bco_pair`` drops BCO's running-mean shift δ, as TRL's does; ORPO clamps the average
+log-prob (see ``_log_odds``); ``anchor`` and ``kto`` report no rewards.
 """
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ import torch.nn.functional as F
 
 Out = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]
 _INPUT = re.compile(r"^(policy|reference)_([a-z]+(?:_corrupt)?)(_avg)?$")
+DATA_INPUTS = frozenset({"desirable"})  # per-example labels from the batch, not log-probs
 
 
 @dataclass(frozen=True)
@@ -34,7 +42,11 @@ class LossSpec:
 
     @property
     def sequences(self) -> frozenset[str]:
-        return frozenset(_INPUT.match(name).group(2) for name in self.inputs)
+        return frozenset(_INPUT.match(n).group(2) for n in self.inputs if n not in DATA_INPUTS)
+
+    @property
+    def data_inputs(self) -> tuple[str, ...]:
+        return tuple(n for n in self.inputs if n in DATA_INPUTS)
 
 
 LOSSES: dict[str, LossSpec] = {}
@@ -44,9 +56,10 @@ def register(name: str):
     def wrap(fn):
         params = inspect.signature(fn).parameters.values()
         inputs = tuple(p.name for p in params if p.default is inspect.Parameter.empty)
-        bad = [n for n in inputs if not _INPUT.match(n)]
+        bad = [n for n in inputs if not (_INPUT.match(n) or n in DATA_INPUTS)]
         if bad:
-            raise TypeError(f"loss {name}: inputs {bad} do not follow {{policy|reference}}_<sequence>[_avg]")
+            raise TypeError(f"loss {name}: inputs {bad} do not follow {{policy|reference}}_<sequence>[_avg] "
+                            f"and are not one of {sorted(DATA_INPUTS)}")
         LOSSES[name] = LossSpec(fn, inputs, {p.name: p.default for p in params if p.default is not inspect.Parameter.empty})
         return fn
     return wrap
@@ -56,6 +69,11 @@ def _ratios(pc, pr, rc, rr):
     return pc - rc, pr - rr
 
 
+def _rewards(beta, rc, rr):
+    return beta * rc.detach(), beta * rr.detach()
+
+
+# ---- pairwise, with a reference ----
 @register("sigmoid")
 def sigmoid(policy_chosen, policy_rejected, reference_chosen, reference_rejected,
             beta: float = 0.1, label_smoothing: float = 0.0) -> Out:
@@ -64,13 +82,154 @@ def sigmoid(policy_chosen, policy_rejected, reference_chosen, reference_rejected
     rc, rr = _ratios(policy_chosen, policy_rejected, reference_chosen, reference_rejected)
     logits = beta * (rc - rr)
     losses = -(1 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
-    return losses, beta * rc.detach(), beta * rr.detach()
+    return losses, *_rewards(beta, rc, rr)
+
+
+@register("robust")
+def robust(policy_chosen, policy_rejected, reference_chosen, reference_rejected,
+           beta: float = 0.1, label_smoothing: float = 0.0) -> Out:
+    """Robust DPO (Chowdhury et al. 2024): [-(1-ε) log σ(βΔ) + ε log σ(-βΔ)] / (1-2ε), an unbiased
+    loss under labels flipped with probability ε ∈ [0, 0.5). ε = 0 is DPO."""
+    rc, rr = _ratios(policy_chosen, policy_rejected, reference_chosen, reference_rejected)
+    logits = beta * (rc - rr)
+    eps = label_smoothing
+    losses = (-(1 - eps) * F.logsigmoid(logits) + eps * F.logsigmoid(-logits)) / (1 - 2 * eps)
+    return losses, *_rewards(beta, rc, rr)
+
+
+@register("ipo")
+def ipo(policy_chosen_avg, policy_rejected_avg, reference_chosen_avg, reference_rejected_avg,
+        beta: float = 0.1) -> Out:
+    """IPO (Azar et al. 2024, eq. 17): (Δ̄ - 1/(2β))², β = τ, with Δ̄ from per-token average log-ratios
+    (the length normalisation TRL confirmed with the authors). Rewards are β·average log-ratios."""
+    rc, rr = _ratios(policy_chosen_avg, policy_rejected_avg, reference_chosen_avg, reference_rejected_avg)
+    return (rc - rr - 1 / (2 * beta)) ** 2, *_rewards(beta, rc, rr)
+
+
+@register("hinge")
+def hinge(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta: float = 0.1) -> Out:
+    """SLiC hinge in its RSO form (Zhao et al. 2023; Liu et al. 2024): max(0, 1 - βΔ), 1/β the margin."""
+    rc, rr = _ratios(policy_chosen, policy_rejected, reference_chosen, reference_rejected)
+    return torch.relu(1 - beta * (rc - rr)), *_rewards(beta, rc, rr)
+
+
+@register("apo_zero")
+def apo_zero(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta: float = 0.1) -> Out:
+    """APO-zero (D'Oosterlinck et al. 2024): (1 - σ(β r_w)) + σ(β r_l); raises the winner, lowers
+    the loser. Use when the winners are better than the model's outputs."""
+    rc, rr = _ratios(policy_chosen, policy_rejected, reference_chosen, reference_rejected)
+    losses = (1 - torch.sigmoid(beta * rc)) + torch.sigmoid(beta * rr)
+    return losses, *_rewards(beta, rc, rr)
+
+
+@register("apo_down")
+def apo_down(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta: float = 0.1) -> Out:
+    """APO-down (D'Oosterlinck et al. 2024): σ(β r_w) + (1 - σ(βΔ)); lowers both, the loser more.
+    Use when the model's outputs already beat the winners."""
+    rc, rr = _ratios(policy_chosen, policy_rejected, reference_chosen, reference_rejected)
+    losses = torch.sigmoid(beta * rc) + (1 - torch.sigmoid(beta * (rc - rr)))
+    return losses, *_rewards(beta, rc, rr)
+
+
+@register("nca_pair")
+def nca_pair(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta: float = 0.1) -> Out:
+    """NCA, pairwise (Chen et al. 2024, with one negative):
+    -log σ(β r_w) - ½ log σ(-β r_w) - ½ log σ(-β r_l)."""
+    rc, rr = _ratios(policy_chosen, policy_rejected, reference_chosen, reference_rejected)
+    losses = -F.logsigmoid(beta * rc) - 0.5 * F.logsigmoid(-beta * rc) - 0.5 * F.logsigmoid(-beta * rr)
+    return losses, *_rewards(beta, rc, rr)
+
+
+@register("bco_pair")
+def bco_pair(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta: float = 0.1) -> Out:
+    """BCO on pairs (Jung et al. 2024): -log σ(β r_w) - log σ(-β r_l). The
+    paper's running-mean reward shift δ is dropped, as in TRL HEAD's ``bco_pair``: no state in a pure loss."""
+    rc, rr = _ratios(policy_chosen, policy_rejected, reference_chosen, reference_rejected)
+    return -F.logsigmoid(beta * rc) - F.logsigmoid(-beta * rr), *_rewards(beta, rc, rr)
+
+
+@register("sppo_hard")
+def sppo_hard(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta: float = 0.1) -> Out:
+    """SPPO with hard labels (Wu et al. 2024, eq. 4.7 of Algorithm 1 with P = 1 for the winner and 0 for
+    the loser; TRL's form): (r_w - 1/(2β))² + (r_l + 1/(2β))²."""
+    rc, rr = _ratios(policy_chosen, policy_rejected, reference_chosen, reference_rejected)
+    return (rc - 0.5 / beta) ** 2 + (rr + 0.5 / beta) ** 2, *_rewards(beta, rc, rr)
+
+
+@register("dpop")
+def dpop(policy_chosen, policy_rejected, reference_chosen, reference_rejected,
+         beta: float = 0.1, dpop_lambda: float = 50.0) -> Out:
+    """DPO-Positive (Pal et al. 2024, Smaug): -log σ(β[Δ - λ·max(0, log π_ref(y_w) - log πθ(y_w))]);
+    the penalty stops the chosen likelihood falling below the reference's. λ = 50 is a third-party
+    default (METHODS.md marks the form [UNVERIFIED])."""
+    rc, rr = _ratios(policy_chosen, policy_rejected, reference_chosen, reference_rejected)
+    penalty = torch.relu(reference_chosen - policy_chosen)
+    return -F.logsigmoid(beta * (rc - rr - dpop_lambda * penalty)), *_rewards(beta, rc, rr)
+
+
+# ---- mDPO's image-conditioned terms (Wang et al. 2024) ----
+@register("conditional")
+def conditional(policy_chosen, reference_chosen, policy_chosen_corrupt, reference_chosen_corrupt,
+                beta: float = 0.1) -> Out:
+    """mDPO CoPO (Wang et al. 2024): -log σ(β[r(y_w | m) - r(y_w | m̃)]); same response, clean
+    vs corrupted modality input. Rewards: (β r(y_w | m), β r(y_w | m̃))."""
+    rc, rcc = _ratios(policy_chosen, policy_chosen_corrupt, reference_chosen, reference_chosen_corrupt)
+    return -F.logsigmoid(beta * (rc - rcc)), *_rewards(beta, rc, rcc)
+
+
+@register("anchor")
+def anchor(policy_chosen, reference_chosen, beta: float = 0.1, delta: float = 0.0) -> Out:
+    """mDPO AncPO (Wang et al. 2024): -log σ(β r_w - δ), keeping the chosen reward above δ.
+    Returns no rewards (there is no rejected side to compare with)."""
+    return -F.logsigmoid(beta * (policy_chosen - reference_chosen) - delta), None, None
+
+
+# ---- reference-free ----
+@register("simpo")
+def simpo(policy_chosen_avg, policy_rejected_avg, beta: float = 2.0, gamma: float = 0.5) -> Out:
+    """SimPO (Meng et al. 2024, eq. 6): -log σ(β·avg_w - β·avg_l - γ), γ the absolute margin
+    (γ/β = 0.25 in the authors' config). Rewards are β·average log-probs."""
+    losses = -F.logsigmoid(beta * (policy_chosen_avg - policy_rejected_avg) - gamma)
+    return losses, *_rewards(beta, policy_chosen_avg, policy_rejected_avg)
+
+
+_AVG_LOGP_MAX = -1e-6  # average log-prob ceiling for ORPO: p ≤ 1 - 1e-6, so log odds ≤ ~13.8, never inf
+
+
+def _log_odds(avg: torch.Tensor) -> torch.Tensor:
+    """log(p / (1 - p)) with p = exp(avg). At avg → 0 (p → 1) log1p(-exp(avg)) is -inf; the clamp
+    keeps it finite, at the cost of no gradient for a sequence the policy already predicts surely."""
+    avg = avg.clamp(max=_AVG_LOGP_MAX)
+    return avg - torch.log1p(-torch.exp(avg))
+
+
+@register("orpo")
+def orpo(policy_chosen_avg, policy_rejected_avg, beta: float = 0.1) -> Out:
+    """ORPO (Hong et al. 2024, eqs. 6-7): NLL(y_w) - λ·log σ(log odds(y_w) - log odds(y_l)), with
+    odds = p/(1-p), p = exp(average token log-prob), λ = ``beta``. Rewards are β·average log-probs."""
+    ratio = F.logsigmoid(_log_odds(policy_chosen_avg) - _log_odds(policy_rejected_avg))
+    return -policy_chosen_avg - beta * ratio, *_rewards(beta, policy_chosen_avg, policy_rejected_avg)
 
 
 @register("sft")
 def sft(policy_chosen_avg) -> Out:
     """Negative log-likelihood of the chosen response, per token (RPO's and HA-DPO's auxiliary term)."""
     return -policy_chosen_avg, None, None
+
+
+# ---- unpaired ----
+@register("kto")
+def kto(policy_completion, reference_completion, policy_kl, reference_kl, desirable,
+        beta: float = 0.1, desirable_weight: float = 1.0, undesirable_weight: float = 1.0) -> Out:
+    """KTO (Ethayarajh et al. 2024): z0 = max(0, mean(policy_kl - reference_kl)), detached, over
+    mismatched (prompt, completion) pairs; desirable rows λ_D(1 - σ(β(r - z0))), undesirable rows
+    λ_U(1 - σ(β(z0 - r))). ``desirable`` is a bool [B]. z0 averages this batch on this device only.
+    Returns no rewards: chosen and rejected rows differ per batch, so they do not fit [B] pairs."""
+    z0 = (policy_kl - reference_kl).mean().clamp(min=0).detach()
+    r = policy_completion - reference_completion
+    losses = torch.where(desirable, desirable_weight * (1 - torch.sigmoid(beta * (r - z0))),
+                         undesirable_weight * (1 - torch.sigmoid(beta * (z0 - r))))
+    return losses, None, None
 
 
 def validate_terms(terms: list[dict]) -> list[dict]:
@@ -89,6 +248,8 @@ def validate_terms(terms: list[dict]) -> list[dict]:
             raise ValueError(f"model.losses[{i}] ({name}): unknown parameter(s) {sorted(unknown)}; "
                              f"{name} takes {sorted(LOSSES[name].hyper) or 'none'}")
         params = {**LOSSES[name].hyper, **term}
+        if "beta" in params and not params["beta"] > 0:  # every β divides or scales a log-ratio
+            raise ValueError(f"model.losses[{i}] ({name}): beta must be > 0, got {params['beta']}")
         check = CHECKS.get(name)
         if check:
             check(i, params)
@@ -96,9 +257,15 @@ def validate_terms(terms: list[dict]) -> list[dict]:
     return out
 
 
-def _check_sigmoid(i: int, p: dict) -> None:
-    if not 0.0 <= p["label_smoothing"] < 0.5:
-        raise ValueError(f"model.losses[{i}] (sigmoid): label_smoothing must be in [0, 0.5), got {p['label_smoothing']}")
+def _check_label_smoothing(name: str) -> Callable[[int, dict], None]:
+    def check(i: int, p: dict) -> None:
+        if not 0.0 <= p["label_smoothing"] < 0.5:
+            raise ValueError(f"model.losses[{i}] ({name}): label_smoothing must be in [0, 0.5), "
+                             f"got {p['label_smoothing']}")
+    return check
 
 
-CHECKS: dict[str, Callable[[int, dict], None]] = {"sigmoid": _check_sigmoid}
+CHECKS: dict[str, Callable[[int, dict], None]] = {
+    "sigmoid": _check_label_smoothing("sigmoid"),
+    "robust": _check_label_smoothing("robust"),  # ε = 0.5 divides by zero; above it the loss inverts
+}

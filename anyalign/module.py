@@ -13,6 +13,7 @@ import torch
 
 from modalities import ModalityAdapter
 
+from .data.negatives import validate_negatives
 from .losses import LOSSES, validate_terms
 from .model import MultimodalLM
 from .reference import STRATEGIES, build_reference
@@ -26,6 +27,7 @@ class AlignModule(L.LightningModule):
         lm: str = "assets/tiny-lm",
         adapters: dict[str, ModalityAdapter] | None = None,
         losses: list[dict] | None = None,
+        negatives: dict[str, list[dict]] | None = None,
         reference: str = "auto",
         lr: float = 1e-4,
         weight_decay: float = 0.0,
@@ -43,6 +45,8 @@ class AlignModule(L.LightningModule):
             lm: Hugging Face causal LM (local directory or hub id); its tokenizer must have a chat template.
             adapters: modality name -> adapter, e.g. ``{video: {class_path: VideoAdapter}}``.
             losses: weighted terms, e.g. ``[{name: sigmoid, weight: 1.0, beta: 0.1}, {name: sft, weight: 0.1}]``.
+            negatives: corruption operators per modality for conditional negatives, e.g.
+                ``{video: [{op: reverse, p: 0.5}, {op: drop_segment, p: 0.5, fraction: 0.4}]}``.
             reference: ``frozen_copy``, ``none``, or ``auto`` (frozen_copy if any term needs a reference).
             lr: AdamW learning rate.
             weight_decay: AdamW weight decay.
@@ -73,6 +77,11 @@ class AlignModule(L.LightningModule):
         self.policy = MultimodalLM(lm, dict(adapters or {}), attn_implementation, torch_dtype, chat_template,
                                    gradient_checkpointing, trust_remote_code)
         self.reference = build_reference(reference if needs_ref else "none", self.policy)
+        self.negatives = validate_negatives(negatives, self.policy.adapters)
+        if "chosen_corrupt" in self.sequences and not self.negatives:
+            names = [t["name"] for t in self.terms if "chosen_corrupt" in LOSSES[t["name"]].sequences]
+            raise ValueError(f"loss term(s) {names} score the chosen response under corrupted media, but "
+                             "model.negatives names no corruption operator")
         self.skipped: list[tuple[str, str, str]] = []
         self.val_history: list[dict] = []
         self._val = {}
@@ -91,15 +100,22 @@ class AlignModule(L.LightningModule):
             return None
         policy = self.policy(batch)
         reference = self.reference(batch) if self.reference is not None else None
-        loss, rewards = 0.0, None
+        loss, rewards, metrics = 0.0, None, {}
         for term in self.terms:
             spec = LOSSES[term["name"]]
             losses, chosen_r, rejected_r = spec.fn(**{n: self._inputs(n, policy, reference, batch)
                                                       for n in spec.inputs}, **term["params"])
             loss = loss + term["weight"] * losses.mean()
-            if rewards is None and chosen_r is not None:
+            if chosen_r is None or rejected_r is None:
+                continue
+            if rewards is None:
                 rewards = (chosen_r, rejected_r)
-        metrics = {"loss": loss.detach()}
+            else:  # further terms with rewards, e.g. rewards/conditional_margin
+                metrics[f"rewards/{term['name']}_margin"] = (chosen_r - rejected_r).mean()
+        metrics["loss"] = loss.detach()
+        if "chosen_corrupt" in batch["index"]:  # policy-side log p(chosen | media) - log p(chosen | corrupted)
+            metrics["media_reliance"] = (policy.logps[batch["index"]["chosen"]]
+                                         - policy.logps[batch["index"]["chosen_corrupt"]]).detach().mean()
         if rewards is not None:
             c, r = rewards
             metrics |= {"rewards/chosen": c.mean(), "rewards/rejected": r.mean(),
@@ -127,7 +143,8 @@ class AlignModule(L.LightningModule):
         _, metrics, correct = out
         bs = len(batch["keys"])
         for k, v in metrics.items():
-            self.log(f"val/{k}", v, prog_bar=k in ("loss", "rewards/accuracies"), batch_size=bs, sync_dist=True)
+            self.log(f"val/{k}", v, prog_bar=k in ("loss", "rewards/accuracies", "media_reliance"), batch_size=bs,
+                     sync_dist=True)
         if correct is not None:
             acc, ties = correct
             self._val["correct"] = self._val.get("correct", 0.0) + float(acc.sum())

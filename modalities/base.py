@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
@@ -31,8 +31,9 @@ class ModalityAdapter(nn.Module):
     #: container extensions it can also read (e.g. audio from ``KEY.mp4``), used only when the prompt
     #: has this adapter's placeholder and the sample has no member with one of ``extensions``
     container_extensions: ClassVar[tuple[str, ...]] = ()
-    #: corruption operators: name -> method name (see ``corrupt``)
-    operators: ClassVar[tuple[str, ...]] = ()
+    #: corruption operators for negatives: name -> ``op(items, rng, donor=None, **params) -> items``
+    #: (see ``modalities/corruptions.py``)
+    operators: ClassVar[dict[str, Callable]] = {}
 
     def __new__(cls, *args, **kwargs):
         obj = super().__new__(cls)
@@ -57,8 +58,12 @@ class ModalityAdapter(nn.Module):
     def num_tokens(self, item: torch.Tensor) -> int:
         raise NotImplementedError
 
-    def corrupt(self, item: torch.Tensor, op: str, rng: torch.Generator) -> torch.Tensor:
-        raise BadSample(f"{type(self).__name__} has no corruption operator {op!r}; it has {self.operators}")
+    def corrupt(self, items: list[torch.Tensor], op: str, rng: torch.Generator,
+                donor: list[torch.Tensor] | None = None, **params) -> list[torch.Tensor]:
+        """One sample's items of this modality -> corrupted items of the same shapes."""
+        if op not in self.operators:
+            raise KeyError(f"{type(self).__name__} has no corruption operator {op!r}; it has {sorted(self.operators)}")
+        return self.operators[op](items, rng, donor=donor, **params)
 
     def collate(self, items: list[torch.Tensor]) -> torch.Tensor:
         return torch.stack(items)

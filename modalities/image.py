@@ -9,11 +9,13 @@ import torch
 from PIL import Image
 
 from .base import ModalityAdapter, freeze, mlp_projector
+from .corruptions import IMAGE_OPS
 from .vision import VisionTower, decode_image, to_pixels
 
 
 class ImageAdapter(ModalityAdapter):
     placeholder = "<image>"
+    operators = IMAGE_OPS
     extensions = ("jpg", "jpeg", "png", "webp")
 
     def __init__(

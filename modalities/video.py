@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .base import BadSample, ModalityAdapter, freeze, mlp_projector
+from .corruptions import VIDEO_OPS
 from .vision import VisionTower, to_pixels
 
 
@@ -56,6 +57,7 @@ def read_frames(data: bytes, num_frames: int, size: int | None = None, fps: floa
 
 class VideoAdapter(ModalityAdapter):
     placeholder = "<video>"
+    operators = VIDEO_OPS
     extensions = ("mp4", "webm", "mkv", "avi", "mov")
 
     def __init__(

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from .negatives import corrupt_examples
+
 LAYOUTS = ("shared", "concatenated")
 
 
@@ -70,16 +72,27 @@ def collate_rows(rows: list[tuple], pad_id: int, adapters: dict, num_examples: i
     }
 
 
-class Collator:
-    """Picklable collate for the data workers: examples -> batch dict."""
+def conditional_rows(examples: list[dict], corrupted: list[dict]) -> list[tuple]:
+    """``prompt(corrupted media) | chosen``: the chosen response under corrupted media."""
+    return [(ex["prompt"], media, [("chosen_corrupt", i, ex["responses"]["chosen"])])
+            for i, (ex, media) in enumerate(zip(examples, corrupted))]
 
-    def __init__(self, layout: str, pad_id: int, adapters: dict, pad_to_multiple_of: int = 1):
+
+class Collator:
+    """Picklable collate for the data workers: examples -> batch dict. With ``negatives`` (a validated
+    spec), each pair also gets a row scoring its chosen response under corrupted media."""
+
+    def __init__(self, layout: str, pad_id: int, adapters: dict, pad_to_multiple_of: int = 1,
+                 negatives: dict | None = None, seed: int = 0):
         if layout not in LAYOUTS:
             raise ValueError(f"data.layout={layout!r} is not one of {LAYOUTS}")
         self.layout, self.pad_id, self.adapters, self.multiple = layout, pad_id, adapters, pad_to_multiple_of
+        self.negatives, self.seed = negatives, seed
 
     def __call__(self, examples: list[dict]) -> dict:
-        batch = collate_rows(rows_for(examples, self.layout), self.pad_id, self.adapters, len(examples),
-                             self.multiple)
+        rows = rows_for(examples, self.layout)
+        if self.negatives:
+            rows += conditional_rows(examples, corrupt_examples(examples, self.negatives, self.adapters, self.seed))
+        batch = collate_rows(rows, self.pad_id, self.adapters, len(examples), self.multiple)
         batch["keys"] = [ex["key"] for ex in examples]
         return batch

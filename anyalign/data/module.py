@@ -139,28 +139,32 @@ class PreferenceDataModule(L.LightningDataModule):
         self.layout, self.pad_to_multiple_of = layout, pad_to_multiple_of
         self.samples_per_epoch, self.seed = samples_per_epoch, seed
         self.model = None
+        self.negatives, self.train_negatives = None, False
 
-    def bind(self, model) -> None:
-        """Take the tokenizer and the adapters' preprocessing from the model (a MultimodalLM)."""
-        self.model = model
+    def bind(self, model, negatives: dict | None = None, train_negatives: bool = False) -> None:
+        """Take the tokenizer and the adapters' preprocessing from the model (a MultimodalLM), and the
+        validated negatives spec; training batches carry corrupted-media rows only if a loss term needs
+        them, validation batches whenever negatives are configured (to measure media reliance)."""
+        self.model, self.negatives, self.train_negatives = model, negatives, train_negatives
 
     def setup(self, stage: str) -> None:
         if self.model is None:
-            self.bind(self.trainer.lightning_module.policy)
+            module = self.trainer.lightning_module
+            self.bind(module.policy, module.negatives, "chosen_corrupt" in module.sequences)
 
-    def _process(self, batch_size: int):
+    def _process(self, batch_size: int, negatives: dict | None = None):
         m = self.model
         adapters = dict(m.adapters.items())
         tok = PreferenceTokenizer(m.tokenizer, m.media_token_ids, self.max_length)
-        collate = Collator(self.layout, m.tokenizer.pad_token_id, adapters, self.pad_to_multiple_of)
+        collate = Collator(self.layout, m.tokenizer.pad_token_id, adapters, self.pad_to_multiple_of, negatives, self.seed)
         return Compose([
             partial(decode, adapters=adapters),                    # raw sample -> media tensors
             partial(tokenize, tokenizer=tok, adapters=adapters),   # -> token ids, placeholders expanded
             partial(batched, batch_size=batch_size, collate=collate),  # examples -> batches
         ])
 
-    def _loader(self, urls: list[str], batch_size: int, shuffle: bool):
-        stream = PreferenceStream(urls, self._process(batch_size), shuffle, self.shuffle_buffer, self.seed)
+    def _loader(self, urls: list[str], batch_size: int, shuffle: bool, negatives: dict | None):
+        stream = PreferenceStream(urls, self._process(batch_size, negatives), shuffle, self.shuffle_buffer, self.seed)
         loader = EpochLoader(stream, num_workers=self.num_workers, worker_init_fn=worker_init,
                              persistent_workers=False)
         _, world = rank_and_world()
@@ -171,9 +175,9 @@ class PreferenceDataModule(L.LightningDataModule):
         return EqualBatches(loader, n)
 
     def train_dataloader(self):
-        return self._loader(self.train_urls, self.batch_size, shuffle=True)
+        return self._loader(self.train_urls, self.batch_size, True, self.negatives if self.train_negatives else None)
 
     def val_dataloader(self):
         if not self.val_urls:
             return []
-        return self._loader(self.val_urls, self.val_batch_size, shuffle=False)
+        return self._loader(self.val_urls, self.val_batch_size, False, self.negatives)
