@@ -14,7 +14,7 @@ import torch
 from modalities import ModalityAdapter
 
 from .data.negatives import validate_negatives
-from .losses import LOSSES, validate_terms
+from .losses import DATA_INPUTS, LOSSES, validate_terms
 from .model import MultimodalLM
 from .reference import STRATEGIES, build_reference
 
@@ -88,6 +88,8 @@ class AlignModule(L.LightningModule):
 
     # ---- log-probs and loss terms ----
     def _inputs(self, name: str, policy, reference, batch) -> torch.Tensor:
+        if name in DATA_INPUTS:  # a label carried by the batch, e.g. KTO's desirable flag
+            return batch[name]
         source, _, seq = name.partition("_")
         avg = seq.endswith("_avg")
         seq = seq.removesuffix("_avg")
@@ -120,10 +122,17 @@ class AlignModule(L.LightningModule):
             c, r = rewards
             metrics |= {"rewards/chosen": c.mean(), "rewards/rejected": r.mean(),
                         "rewards/margins": (c - r).mean(), "rewards/accuracies": (c > r).float().mean()}
-        for seq in ("chosen", "rejected"):
+        for seq in ("chosen", "rejected", "completion"):
             if seq in batch["index"] and seq in self.sequences:
                 metrics[f"logps/{seq}"] = policy.logps[batch["index"][seq]].detach().mean()
         correct = ((rewards[0] > rewards[1]).float(), rewards[0] == rewards[1]) if rewards is not None else None
+        if "desirable" in batch and reference is not None:  # unpaired: the implicit reward's sign vs the label
+            ix = batch["index"]["completion"]
+            r = (policy.logps[ix] - reference.logps[ix]).detach()
+            d = batch["desirable"]
+            metrics |= {"rewards/desirable": r[d].mean(), "rewards/undesirable": r[~d].mean(),
+                        "rewards/accuracies": ((r > 0) == d).float().mean()}
+            correct = (((r > 0) == d).float(), r == 0)
         return loss, metrics, correct
 
     def training_step(self, batch: dict, batch_idx: int):

@@ -21,6 +21,11 @@ def rows_for(examples: list[dict], layout: str) -> list[tuple]:
     rows = []
     for i, ex in enumerate(examples):
         slots = [(name, i, ids) for name, ids in ex["responses"].items()]
+        if "completion" in ex["responses"]:
+            # KTO's KL baseline: this prompt with the next sample's completion (a mismatched pair, as in
+            # the KTO paper and TRL), scored in the same row so the prompt and media run once
+            other = examples[(i + 1) % len(examples)]["responses"]["completion"]
+            slots.append(("kl", i, other))
         if layout == "shared":
             rows.append((ex["prompt"], ex["media"], slots))
         elif layout == "concatenated":
@@ -95,4 +100,6 @@ class Collator:
             rows += conditional_rows(examples, corrupt_examples(examples, self.negatives, self.adapters, self.seed))
         batch = collate_rows(rows, self.pad_id, self.adapters, len(examples), self.multiple)
         batch["keys"] = [ex["key"] for ex in examples]
+        if "desirable" in examples[0]:
+            batch["desirable"] = torch.tensor([ex["desirable"] for ex in examples])
         return batch

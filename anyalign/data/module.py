@@ -18,8 +18,11 @@ import braceexpand
 import lightning as L
 from torch.utils.data import DataLoader
 
+from modalities import BadSample
+
 from .collate import LAYOUTS, Collator
-from .pipeline import PreferenceStream, batched, decode, rank_and_world, tokenize, worker_init
+from .pipeline import PreferenceStream, batched, decode, rank_and_world, tokenize, unpair, worker_init
+from .schema import is_unpaired, parse_record
 from .template import PreferenceTokenizer
 
 
@@ -34,6 +37,28 @@ def expand_shards(spec: str | list[str] | None, key: str) -> list[str]:
         if "://" not in u and not u.startswith("pipe:") and not Path(u).is_file():
             raise FileNotFoundError(f"{key}: shard not found: {u}")
     return urls
+
+
+def check_sample_kind(urls: list[str], key: str, sequences: list[str], unpair: bool = False) -> None:
+    """Fail before training when the loss terms need unpaired samples and the shards hold pairs (or the
+    reverse), judged from the first sample of the first local shard."""
+    first = next((u for u in urls if Path(u).is_file()), None)
+    if first is None:
+        return
+    with tarfile.open(first) as tar:
+        member = next((m for m in tar if m.name.endswith(".json")), None)
+        if member is None:
+            return
+        try:
+            unpaired = unpair or is_unpaired(parse_record(tar.extractfile(member).read()))
+        except BadSample:
+            return  # a bad first sample is reported by the stream like any other
+    wants_unpaired = "completion" in sequences
+    if wants_unpaired != unpaired:
+        need = "unpaired samples (prompt, completion, label)" if wants_unpaired else "paired samples (chosen, rejected)"
+        have = "unpaired" if unpaired else "paired"
+        raise ValueError(f"model.losses need {need}, but {key} holds {have} samples ({first})"
+                         + ("; set data.unpair: true to split each pair into two" if wants_unpaired else ""))
 
 
 def count_samples(urls: list[str]) -> int:
@@ -109,6 +134,7 @@ class PreferenceDataModule(L.LightningDataModule):
         layout: str = "shared",
         pad_to_multiple_of: int = 8,
         samples_per_epoch: int | None = None,
+        unpair: bool = False,
         seed: int = 0,
     ):
         """
@@ -123,6 +149,8 @@ class PreferenceDataModule(L.LightningDataModule):
             layout: ``shared`` (prompt and media once per pair) or ``concatenated`` (duplicated, baseline).
             pad_to_multiple_of: pad row length up to a multiple of this.
             samples_per_epoch: dataset size used to equalise batches across ranks (default: counted).
+            unpair: turn each pair into two unpaired samples (chosen: desirable, rejected: undesirable),
+                for KTO on paired data.
             seed: shuffling seed (shards per epoch and the sample buffer).
         """
         super().__init__()
@@ -137,7 +165,7 @@ class PreferenceDataModule(L.LightningDataModule):
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
         self.num_workers, self.shuffle_buffer, self.max_length = num_workers, shuffle_buffer, max_length
         self.layout, self.pad_to_multiple_of = layout, pad_to_multiple_of
-        self.samples_per_epoch, self.seed = samples_per_epoch, seed
+        self.samples_per_epoch, self.seed, self.unpair = samples_per_epoch, seed, unpair
         self.model = None
         self.negatives, self.train_negatives = None, False
 
@@ -151,6 +179,7 @@ class PreferenceDataModule(L.LightningDataModule):
         if self.model is None:
             module = self.trainer.lightning_module
             self.bind(module.policy, module.negatives, "chosen_corrupt" in module.sequences)
+            check_sample_kind(self.train_urls, "data.train_shards", module.sequences, self.unpair)
 
     def _process(self, batch_size: int, negatives: dict | None = None):
         m = self.model
@@ -159,6 +188,7 @@ class PreferenceDataModule(L.LightningDataModule):
         collate = Collator(self.layout, m.tokenizer.pad_token_id, adapters, self.pad_to_multiple_of, negatives, self.seed)
         return Compose([
             partial(decode, adapters=adapters),                    # raw sample -> media tensors
+            *([unpair] if self.unpair else []),                    # pair -> two unpaired samples
             partial(tokenize, tokenizer=tok, adapters=adapters),   # -> token ids, placeholders expanded
             partial(batched, batch_size=batch_size, collate=collate),  # examples -> batches
         ])

@@ -100,12 +100,25 @@ def decode(src: Iterator, adapters: dict) -> Iterator[dict | Skipped]:
                 if not fields and adapter.container_extensions and adapter.placeholder in text:
                     fields = media_fields(raw, adapter.container_extensions)  # e.g. the soundtrack of KEY.mp4
                 if fields:
+                    adapter.check_items(len(fields))
                     media[modality] = [adapter.preprocess(adapter.decode(raw[f], ext)) for f, ext in fields]
             yield {"key": key, "url": url, **record, "media": media}
         except BadSample as e:
             yield Skipped(url, key, str(e))
         except Exception as e:  # an unexpected decoder failure must not stop training
             yield Skipped(url, key, f"{type(e).__name__}: {str(e)[:300]}")
+
+
+def unpair(src: Iterator) -> Iterator[dict | Skipped]:
+    """Paired -> unpaired (for KTO): the chosen response as a desirable sample, the rejected one as an
+    undesirable sample, both sharing the already-decoded media (the stream doubles here)."""
+    for ex in src:
+        if isinstance(ex, Skipped) or "completion" in ex["responses"]:
+            yield ex
+            continue
+        for suffix, field, label in (("c", "chosen", True), ("r", "rejected", False)):
+            yield {**ex, "key": f"{ex['key']}-{suffix}", "responses": {"completion": ex["responses"][field]},
+                   "desirable": label}
 
 
 def tokenize(src: Iterator, tokenizer, adapters: dict) -> Iterator[dict | Skipped]:
@@ -120,7 +133,8 @@ def tokenize(src: Iterator, tokenizer, adapters: dict) -> Iterator[dict | Skippe
         except BadSample as e:
             yield Skipped(ex["url"], ex["key"], str(e))
             continue
-        yield {"key": ex["key"], "url": ex["url"], "media": ex["media"], **ids}
+        extra = {"desirable": ex["desirable"]} if "desirable" in ex else {}
+        yield {"key": ex["key"], "url": ex["url"], "media": ex["media"], **ids, **extra}
 
 
 def batched(src: Iterator, batch_size: int, collate: Callable[[list], dict]) -> Iterator[dict]:

@@ -7,7 +7,8 @@
      "chosen": "..." | [{"role": "assistant", "content": ...}],
      "rejected": "..." | [...]}
 
-``messages`` is accepted for ``prompt``. Media sit beside it as ``KEY.<ext>`` or, for several items of
+Unpaired samples (KTO) carry ``"completion": "..."`` and ``"label": true|false`` (desirable or not)
+instead of chosen/rejected. ``messages`` is accepted for ``prompt``. Media sit beside it as ``KEY.<ext>`` or, for several items of
 one modality, ``KEY.0.<ext>``, ``KEY.1.<ext>``, ... in prompt order. Each adapter claims its extensions;
 anything unclaimed is never decoded (so a planted pickle stays bytes).
 """
@@ -46,7 +47,8 @@ def _messages(record: dict) -> list[dict]:
 
 
 def parse_record(data: bytes) -> dict:
-    """``KEY.json`` bytes -> ``{"messages": [...], "responses": {"chosen": str, "rejected": str}}``."""
+    """``KEY.json`` bytes -> ``{"messages": [...], "responses": {"chosen": str, "rejected": str}}``, or for
+    an unpaired sample ``{"messages": [...], "responses": {"completion": str}, "desirable": bool}``."""
     try:
         record = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError:
@@ -55,6 +57,11 @@ def parse_record(data: bytes) -> dict:
         raise BadSample(f"invalid json: {e.msg} at line {e.lineno}") from None
     if not isinstance(record, dict):
         raise BadSample("json is not an object")
+    if "completion" in record and "chosen" not in record:
+        if not isinstance(record.get("label"), bool):
+            raise BadSample("unpaired sample needs a boolean 'label' (true = desirable)")
+        return {"messages": _messages(record), "responses": {"completion": _text(record["completion"], "completion")},
+                "desirable": record["label"]}
     missing = [f for f in RESPONSES if f not in record]
     if missing:
         raise BadSample(f"json has no {' or '.join(repr(f) for f in missing)}")
@@ -78,3 +85,7 @@ def media_fields(sample: dict, extensions: tuple[str, ...]) -> list[tuple[str, s
         raise BadSample(f"several media fields without item numbers: {sorted(f for _, f, _ in found)}")
     found.sort(key=lambda x: int(x[0]) if x[0].isdigit() else -1)
     return [(field, ext) for _, field, ext in found]
+
+
+def is_unpaired(record: dict) -> bool:
+    return "completion" in record["responses"]

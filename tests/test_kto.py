@@ -1,0 +1,54 @@
+"""Unpaired data for KTO: schema, on-the-fly unpairing, KL rows from mismatched pairs, start-up check."""
+import json
+
+import pytest
+import torch
+
+from anyalign.data.collate import Collator
+from anyalign.data.module import check_sample_kind
+from anyalign.data.pipeline import unpair
+from anyalign.data.schema import parse_record
+from modalities import BadSample
+
+from conftest import jpeg_bytes, pair, write_shard
+
+
+def test_unpaired_schema():
+    rec = parse_record(json.dumps({"prompt": "<image> hi", "completion": "A cat.", "label": False}).encode())
+    assert rec["responses"] == {"completion": "A cat."} and rec["desirable"] is False
+    with pytest.raises(BadSample, match="label"):
+        parse_record(json.dumps({"prompt": "hi", "completion": "A cat.", "label": "yes"}).encode())
+
+
+def test_unpair_splits_each_pair_and_shares_media():
+    media = {"image": [torch.zeros(3, 2, 2)]}
+    ex = {"key": "k", "url": "u", "messages": [], "responses": {"chosen": "A.", "rejected": "B."}, "media": media}
+    out = list(unpair(iter([ex])))
+    assert [(o["key"], o["responses"]["completion"], o["desirable"]) for o in out] == [("k-c", "A.", True),
+                                                                                       ("k-r", "B.", False)]
+    assert out[0]["media"] is media and out[1]["media"] is media  # decoded once, shared
+
+
+def test_kl_rows_use_the_next_samples_completion_in_the_same_row(image_model):
+    adapters = dict(image_model.adapters.items())
+    exs = [{"key": str(i), "prompt": [5, 6, 7 + i], "responses": {"completion": [20 + i, 30 + i]},
+            "desirable": i % 2 == 0, "media": {}} for i in range(3)]
+    batch = Collator("shared", 0, adapters)(exs)
+    assert batch["input_ids"].shape[0] == 3  # prompt, own completion and KL completion share one row
+    for i in range(3):
+        row = batch["input_ids"][i]
+        kl = row[batch["target_seq"][i] == batch["index"]["kl"][i]].tolist()
+        own = row[batch["target_seq"][i] == batch["index"]["completion"][i]].tolist()
+        assert own == [20 + i, 30 + i] and kl == [20 + (i + 1) % 3, 30 + (i + 1) % 3]
+    assert batch["desirable"].tolist() == [True, False, True]
+
+
+def test_kto_on_paired_data_fails_before_training(tmp_path):
+    shard = write_shard(tmp_path / "p.tar", [pair("a", jpg=jpeg_bytes(0))])
+    with pytest.raises(ValueError, match="need unpaired samples.*data.unpair"):
+        check_sample_kind([shard], "data.train_shards", ["completion", "kl"])
+    check_sample_kind([shard], "data.train_shards", ["completion", "kl"], unpair=True)  # fine with unpair
+    with pytest.raises(ValueError, match="need paired samples"):
+        unp = write_shard(tmp_path / "u.tar", [{"__key__": "a", "json": {"prompt": "x", "completion": "y",
+                                                                           "label": True}}])
+        check_sample_kind([unp], "data.train_shards", ["chosen", "rejected"])

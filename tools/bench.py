@@ -1,0 +1,124 @@
+"""Benchmark training steps: shared vs concatenated layout, with and without a reference model.
+
+    python tools/bench.py --config configs/video_dpo.yaml [--steps 10 --warmup 3 --repeats 3] [-- overrides]
+
+Each variant runs in its own process (so peak memory is its own), on the same model, config and the
+same pre-loaded batches (data loading is not timed): warm-up steps, then ``repeats`` timed runs of
+``steps`` optimizer steps each (forward, reference forward if any, backward, AdamW step). Prints
+samples/s (pairs), tokens/s (non-padding positions the LM processed, media included), peak memory
+(CUDA allocator peak on GPU, process max RSS on CPU) and each variant's speed relative to the
+concatenated layout with a frozen reference.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+VARIANTS = {
+    "concatenated+frozen_copy": ["--data.layout", "concatenated", "--model.reference", "frozen_copy"],
+    "shared+frozen_copy": ["--data.layout", "shared", "--model.reference", "frozen_copy"],
+    "concatenated+none(sft)": ["--data.layout", "concatenated", "--model.losses", '[{"name": "sft"}]'],
+    "shared+none(sft)": ["--data.layout", "shared", "--model.losses", '[{"name": "sft"}]'],
+}
+
+
+def run_variant(config: str, extra: list[str], steps: int, warmup: int, repeats: int) -> dict:
+    import torch
+    from lightning.pytorch.cli import LightningCLI
+
+    from anyalign.data import PreferenceDataModule
+    from anyalign.module import AlignModule
+
+    cli = LightningCLI(AlignModule, PreferenceDataModule, run=False, seed_everything_default=0,
+                       parser_kwargs={"parser_mode": "omegaconf"},
+                       args=["--config", config, "--data.num_workers", "0", *extra])
+    module, data = cli.model, cli.datamodule
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    module.to(device)
+    if module.reference is not None:
+        module.reference.to(device)
+    data.bind(module.policy, module.negatives, "chosen_corrupt" in module.sequences)
+    batches = []
+    for batch in data.train_dataloader():
+        batches.append(module.transfer_batch_to_device(batch, device, 0))
+        if len(batches) == steps:
+            break
+    params = [p for p in module.policy.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-5)
+
+    def step(batch):
+        loss, _, _ = module._step(batch, "train")
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    module.train()
+    for i in range(warmup):
+        step(batches[i % len(batches)])
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for b in batches:
+            step(b)
+        sync()
+        times.append(time.perf_counter() - t0)
+    pairs = sum(len(b["keys"]) for b in batches)
+    tokens = sum(int((b["roles"] >= 0).sum()) for b in batches)
+    media = sum(int(sum((b["input_ids"] == t).sum() for t in module.policy.media_token_ids.values())) for b in batches)
+    best = statistics.median(times)
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return {"samples_per_s": pairs / best, "tokens_per_s": tokens / best, "peak_mib": peak,
+            "seconds": times, "pairs": pairs, "tokens": tokens, "media_tokens": media,
+            "response_tokens": sum(int((b["target_seq"] >= 0).sum()) for b in batches),
+            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--steps", type=int, default=8, help="timed optimizer steps per repeat (distinct batches)")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS))
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("overrides", nargs="*", help="config overrides after --, e.g. -- --data.batch_size 4")
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(run_variant(args.config, VARIANTS[args.child] + args.overrides, args.steps, args.warmup,
+                                     args.repeats)))
+        return
+    results = {}
+    for name in args.variants.split(","):
+        cmd = [sys.executable, __file__, "--config", args.config, "--steps", str(args.steps), "--warmup",
+               str(args.warmup), "--repeats", str(args.repeats), "--child", name, "--", *args.overrides]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode:
+            sys.exit(f"variant {name} failed:\n{out.stderr[-3000:]}")
+        results[name] = json.loads(out.stdout.strip().splitlines()[-1])
+    first = next(iter(results.values()))
+    print(f"config {args.config} {' '.join(args.overrides)} | device {first['device']} | {args.steps} steps x "
+          f"{args.repeats} repeats after {args.warmup} warm-up | per pair: "
+          f"{first['media_tokens'] / first['pairs'] / (2 if 'concatenated' in next(iter(results)) else 1):.0f} "
+          f"media tokens")
+    base = results.get("concatenated+frozen_copy")
+    print(f"{'variant':28s} {'samples/s':>10s} {'tokens/s':>10s} {'peak MiB':>9s} {'vs concat+ref':>13s}")
+    for name, r in results.items():
+        ratio = f"{r['samples_per_s'] / base['samples_per_s']:.2f}x" if base else "-"
+        print(f"{name:28s} {r['samples_per_s']:10.1f} {r['tokens_per_s']:10.0f} {r['peak_mib']:9.0f} {ratio:>13s}")
+
+
+if __name__ == "__main__":
+    main()
