@@ -49,6 +49,10 @@ class ModalityAdapter(nn.Module):
         return dict(self._init_args)
 
     # ---- CPU side (data workers) ----
+    def check_items(self, count: int) -> None:
+        """Called once per sample with its number of items of this modality, before any is decoded;
+        raise ``BadSample`` to refuse the sample (e.g. more images than a cap)."""
+
     def decode(self, data: bytes, ext: str) -> Any:
         raise NotImplementedError
 
