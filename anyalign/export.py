@@ -9,6 +9,7 @@ Layout of an export directory::
 """
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -25,7 +26,10 @@ def _class_path(obj) -> str:
 def save_aligned(model: MultimodalLM, directory: str | Path) -> Path:
     out = Path(directory)
     (out / "adapters").mkdir(parents=True, exist_ok=True)
-    model.lm.save_pretrained(out / "lm")
+    lm = model.lm
+    if hasattr(lm, "merge_and_unload"):  # LoRA: export the merged weights, a plain HF model
+        lm = copy.deepcopy(lm).merge_and_unload()
+    lm.save_pretrained(out / "lm")
     model.tokenizer.save_pretrained(out / "lm")
     adapters = {}
     for name, adapter in model.adapters.items():

@@ -30,6 +30,7 @@ class MultimodalLM(nn.Module):
         chat_template: str | None = None,
         gradient_checkpointing: bool = False,
         trust_remote_code: bool = False,
+        lora: dict | None = None,
     ):
         super().__init__()
         check_pretrained(lm, "language model")
@@ -60,6 +61,11 @@ class MultimodalLM(nn.Module):
         for adapter in adapters.values():
             adapter.bind(hidden)
         self.adapters = nn.ModuleDict(adapters)
+        if lora:  # LoRA on the LM, base weights frozen. Applied after the projectors are built, so a
+            # seed gives the same projectors with or without LoRA.
+            from peft import LoraConfig, get_peft_model
+            args = {"target_modules": "all-linear", **lora}
+            self.lm = get_peft_model(self.lm, LoraConfig(task_type="CAUSAL_LM", **args))
         self.softcap = getattr(self.lm.config.get_text_config(), "final_logit_softcapping", None)
         self.train()  # from_pretrained returns eval-mode modules; training needs the LM's dropout back
 

@@ -29,6 +29,7 @@ class AlignModule(L.LightningModule):
         losses: list[dict] | None = None,
         negatives: dict[str, list[dict]] | None = None,
         reference: str = "auto",
+        lora: dict | None = None,
         lr: float = 1e-4,
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
@@ -47,7 +48,10 @@ class AlignModule(L.LightningModule):
             losses: weighted terms, e.g. ``[{name: sigmoid, weight: 1.0, beta: 0.1}, {name: sft, weight: 0.1}]``.
             negatives: corruption operators per modality for conditional negatives, e.g.
                 ``{video: [{op: reverse, p: 0.5}, {op: drop_segment, p: 0.5, fraction: 0.4}]}``.
-            reference: ``frozen_copy``, ``none``, or ``auto`` (frozen_copy if any term needs a reference).
+            reference: ``frozen_copy``, ``adapter_disabled`` (LoRA: the policy with its LoRA switched off),
+                ``none``, or ``auto`` (adapter_disabled with LoRA, else frozen_copy, if a term needs one).
+            lora: LoRA on the LM via peft, e.g. ``{r: 16, lora_alpha: 32, lora_dropout: 0.05}`` (any
+                ``peft.LoraConfig`` field; ``target_modules`` defaults to ``all-linear``).
             lr: AdamW learning rate.
             weight_decay: AdamW weight decay.
             warmup_steps: linear warm-up steps.
@@ -65,7 +69,7 @@ class AlignModule(L.LightningModule):
         self.terms = validate_terms(losses if losses is not None else [{"name": "sigmoid"}])
         needs_ref = any(LOSSES[t["name"]].needs_reference for t in self.terms)
         if reference == "auto":
-            reference = "frozen_copy" if needs_ref else "none"
+            reference = ("adapter_disabled" if lora else "frozen_copy") if needs_ref else "none"
         if reference not in STRATEGIES:
             raise ValueError(f"model.reference={reference!r} is not one of {('auto',) + STRATEGIES}")
         if needs_ref and reference == "none":
@@ -75,7 +79,7 @@ class AlignModule(L.LightningModule):
             raise ValueError(f"model.scheduler={scheduler!r} is not one of ('cosine', 'constant')")
         self.sequences = sorted(set().union(*(LOSSES[t["name"]].sequences for t in self.terms)))
         self.policy = MultimodalLM(lm, dict(adapters or {}), attn_implementation, torch_dtype, chat_template,
-                                   gradient_checkpointing, trust_remote_code)
+                                   gradient_checkpointing, trust_remote_code, lora)
         self.reference = build_reference(reference if needs_ref else "none", self.policy)
         self.negatives = validate_negatives(negatives, self.policy.adapters)
         if "chosen_corrupt" in self.sequences and not self.negatives:

@@ -1,0 +1,68 @@
+"""Reference strategies: LoRA with adapters disabled equals the base model; the frozen copy stays put."""
+import pytest
+import torch
+
+from anyalign.data.collate import Collator
+from anyalign.model import MultimodalLM
+from anyalign.reference import build_reference
+from modalities import ImageAdapter
+
+from test_model import _examples
+
+
+def _model(tiny_lm, tiny_vit, lora=None):
+    torch.manual_seed(0)
+    return MultimodalLM(tiny_lm, {"image": ImageAdapter(encoder=tiny_vit)}, lora=lora)
+
+
+def _perturb(model):
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn_like(p))
+
+
+def _batch(model):
+    return Collator("shared", model.tokenizer.pad_token_id, dict(model.adapters.items()))(_examples(model))
+
+
+def test_lora_reference_equals_base_model_logps(tiny_lm, tiny_vit):
+    base = _model(tiny_lm, tiny_vit).eval()
+    policy = _model(tiny_lm, tiny_vit, lora={"r": 4, "lora_alpha": 8})
+    trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
+    assert any("lora_" in n for n in trainable) and any(n.startswith("adapters.") for n in trainable)
+    assert not any("lora_" not in n and n.startswith("lm.") for n in trainable)  # LM base weights frozen
+    reference = build_reference("adapter_disabled", policy)
+    _perturb(policy)  # as after training steps: LoRA and projector moved
+    batch = _batch(base)
+    expected = base(batch).logps
+    torch.testing.assert_close(reference(batch).logps, expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(policy.eval()(batch).logps, expected, atol=1e-3)  # the policy itself moved
+    assert policy.adapters["image"].projector[0].weight.requires_grad  # reference left the policy trainable
+
+
+def test_frozen_copy_keeps_initial_logps(tiny_lm, tiny_vit):
+    policy = _model(tiny_lm, tiny_vit).eval()
+    batch = _batch(policy)
+    before = policy(batch).logps.detach()
+    reference = build_reference("frozen_copy", policy)
+    _perturb(policy)
+    torch.testing.assert_close(reference(batch).logps, before)
+    assert not any(p.requires_grad for p in reference.model.parameters())
+
+
+def test_adapter_disabled_needs_lora(tiny_lm, tiny_vit):
+    with pytest.raises(ValueError, match="model.lora"):
+        build_reference("adapter_disabled", _model(tiny_lm, tiny_vit))
+
+
+def test_lora_export_is_merged_and_reloads_same_logps(tiny_lm, tiny_vit, tmp_path):
+    from anyalign.export import load_aligned, save_aligned
+    policy = _model(tiny_lm, tiny_vit, lora={"r": 4, "lora_alpha": 8})
+    _perturb(policy)
+    batch = _batch(policy)
+    before = policy.eval()(batch).logps.detach()
+    save_aligned(policy, tmp_path / "export")
+    reloaded = load_aligned(tmp_path / "export")
+    assert not hasattr(reloaded.lm, "disable_adapter")  # a plain HF model, LoRA merged
+    torch.testing.assert_close(reloaded(batch).logps, before, atol=1e-4, rtol=1e-5)
