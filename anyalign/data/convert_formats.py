@@ -1,0 +1,266 @@
+"""Row readers for ``anyalign.data.convert``: one function per source layout, row -> candidate record.
+
+A candidate is a plain dict, checked and written by the one shared path in ``convert.py``::
+
+    {"id": optional, "messages": [{"role", "content": str}, ...],   # the prompt turns, system included
+     "chosen": str, "rejected": str          # preference pair, or for KTO:  "completion": str, "label": bool
+     "media": {"image": [src, ...], "video": [...], "audio": [...]},   # src: path str | bytes | {"bytes", "path"}
+     "add_markers": bool}                    # prepend missing <image>/... markers (layouts that have none)
+
+A bad row raises ``Skip(reason, detail)``; reasons are the fixed strings below, so the summary can count them.
+"""
+from __future__ import annotations
+
+MARKERS = {"image": "<image>", "video": "<video>", "audio": "<audio>"}
+
+BROKEN_JSON = "broken JSON"
+NON_UTF8 = "non-UTF-8 text"
+DUPLICATE = "duplicate key"
+MISMATCH = "marker/media count mismatch"
+MISSING_RESPONSE = "missing chosen/rejected"
+MISSING_PROMPT = "missing prompt"
+MISSING_MEDIA = "missing media file"
+ESCAPE = "path escapes media root"
+UNREADABLE = "unreadable media"
+TOO_LARGE = "image too large"
+UNSUPPORTED = "unsupported media"
+MALFORMED = "malformed record"
+BAD_LABEL = "invalid preference label"
+MARKER_IN_RESPONSE = "marker in response"
+BAD_SOURCE = "unreadable source file"
+
+
+class Skip(Exception):
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(reason, detail)
+        self.reason, self.detail = reason, detail
+
+
+# ---- text helpers shared by the layouts ----
+
+def parts_text(parts: list) -> str:
+    """Content parts (``{"type": "text", "text": ...}``, ``{"type": "image"}``, ...) -> text with markers."""
+    out = []
+    for i, part in enumerate(parts):
+        if isinstance(part, str):
+            out.append(part)
+            continue
+        if not isinstance(part, dict):
+            raise Skip(MALFORMED, f"content part is {type(part).__name__}")
+        kind = part.get("type")
+        if kind == "text" or (kind is None and isinstance(part.get("text"), str)):
+            out.append(part.get("text") or "")
+        elif kind in MARKERS:
+            out.append(MARKERS[kind] + ("\n" if i < len(parts) - 1 else ""))
+        else:
+            raise Skip(MALFORMED, f"content part of type {kind!r}")
+    return "".join(out)
+
+
+def text(value, field: str, missing: str = MALFORMED) -> str:
+    """A string, a list of content parts, a ``{"content"|"value": ...}`` turn or a list of one such turn."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):  # a binary column holding text
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise Skip(NON_UTF8, f"{field!r} is not valid UTF-8") from None
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict) and (
+            "content" in value[0] or "value" in value[0]):
+        value = value[0]
+    if isinstance(value, dict):
+        value = value.get("content", value.get("value"))
+        if isinstance(value, str):
+            return value
+    if isinstance(value, list):
+        return parts_text(value)
+    if value is None:
+        raise Skip(missing, f"no {field!r}")
+    raise Skip(MALFORMED, f"{field!r} is {type(value).__name__}, not text")
+
+
+def turns(messages, field: str, role_key: str = "role", content_key: str = "content",
+          roles: dict | None = None) -> list[dict]:
+    """A list of chat turns -> ``[{"role", "content": str}]`` (roles renamed through ``roles``)."""
+    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+        raise Skip(MISSING_PROMPT, f"{field!r} is not a non-empty list of turns")
+    out = []
+    for m in messages:
+        role = m.get(role_key)
+        role = (roles or {}).get(role, role)
+        if not isinstance(role, str):
+            raise Skip(MALFORMED, f"a turn in {field!r} has no {role_key!r}")
+        out.append({"role": role, "content": text(m.get(content_key), f"{field}.{content_key}")})
+    return out
+
+
+def with_system(messages: list[dict], system) -> list[dict]:
+    if system is None or system == "":
+        return messages
+    if not isinstance(system, str):
+        raise Skip(MALFORMED, "'system' is not a string")
+    return [{"role": "system", "content": system}] + messages
+
+
+def listed(value) -> list:
+    """A media column: None -> [], one item -> [item], a list -> itself."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def media_lists(row: dict, single: dict | None = None) -> dict:
+    """``images``/``videos``/``audios`` lists, plus single-item columns named in ``single`` {modality: column}."""
+    media = {m: listed(row.get(m + "s")) for m in MARKERS}
+    for modality, column in (single or {}).items():
+        if row.get(column) is not None:
+            media[modality] = media[modality] + [row[column]]
+    return media
+
+
+def responses(row: dict, chosen: str = "chosen", rejected: str = "rejected") -> dict:
+    if row.get(chosen) is None or row.get(rejected) is None:
+        raise Skip(MISSING_RESPONSE, f"no {chosen!r}" if row.get(chosen) is None else f"no {rejected!r}")
+    return {"chosen": text(row[chosen], chosen, MISSING_RESPONSE),
+            "rejected": text(row[rejected], rejected, MISSING_RESPONSE)}
+
+
+def kto(completion, label) -> dict:
+    if not isinstance(label, bool):
+        raise Skip(BAD_LABEL, f"KTO label must be true or false, got {label!r}")
+    return {"completion": text(completion, "completion", MISSING_RESPONSE), "label": label}
+
+
+def user_prompt(value, field: str) -> list[dict]:
+    if not isinstance(value, str) or not value.strip():
+        raise Skip(MISSING_PROMPT, f"no {field!r}")
+    return [{"role": "user", "content": value}]
+
+
+# ---- the layouts ----
+
+def from_jsonl(row: dict) -> dict:
+    """Our schema with media as paths: prompt|messages, system, chosen/rejected (or completion/label),
+    images/videos/audios lists or image/video/audio single paths."""
+    prompt = row.get("prompt", row.get("messages"))
+    messages = turns(prompt, "prompt") if isinstance(prompt, list) else user_prompt(prompt, "prompt")
+    out = kto(row["completion"], row.get("label")) if "completion" in row else responses(row)
+    return {"id": row.get("id"), "messages": with_system(messages, row.get("system")),
+            "media": media_lists(row, {m: m for m in MARKERS}), "add_markers": False, **out}
+
+
+def _split_implicit(chosen: list, rejected: list) -> tuple[list, list, list]:
+    """TRL's implicit-prompt layout: chosen/rejected are whole conversations sharing the prompt as prefix."""
+    n = 0
+    while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
+        n += 1
+    return chosen[:n], chosen[n:], rejected[n:]
+
+
+def from_trl(row: dict) -> dict:
+    """TRL preference (prompt, chosen, rejected) or unpaired (prompt, completion, label); plain text or
+    conversational; optional ``images`` (list) / ``image`` column of embedded image structs."""
+    prompt = row.get("prompt")
+    if prompt is None and isinstance(row.get("chosen"), list) and isinstance(row.get("rejected"), list):
+        prompt, chosen, rejected = _split_implicit(row["chosen"], row["rejected"])
+        row = {**row, "chosen": chosen, "rejected": rejected}
+    messages = turns(prompt, "prompt") if isinstance(prompt, list) else user_prompt(prompt, "prompt")
+    if "completion" in row and "chosen" not in row:
+        out = kto(row.get("completion"), row.get("label"))
+    else:
+        out = responses(row)
+    media = {"image": listed(row.get("images")) + listed(row.get("image"))}
+    return {"id": row.get("id"), "messages": messages, "media": media, "add_markers": True, **out}
+
+
+LF_ROLES = {"human": "user", "gpt": "assistant", "observation": "tool", "function_call": "assistant"}
+
+
+def from_llamafactory(row: dict) -> dict:
+    """LLaMA-Factory ranking data: sharegpt (conversations + chosen/rejected turns) or alpaca
+    (instruction, input, chosen, rejected; history optional); KTO via ``kto_tag``; images/videos/audios."""
+    if "conversations" in row or "messages" in row:
+        keys = ("from", "value") if "conversations" in row else ("role", "content")
+        messages = turns(row.get("conversations", row.get("messages")), "conversations", *keys, roles=LF_ROLES)
+        system = row.get("system")
+        if messages[0]["role"] == "system":
+            system, messages = messages[0]["content"], messages[1:]
+        if "kto_tag" in row:
+            if not messages or messages[-1]["role"] != "assistant":
+                raise Skip(MISSING_RESPONSE, "KTO conversations must end with a gpt turn")
+            out, messages = kto(messages[-1]["content"], row["kto_tag"]), messages[:-1]
+        else:
+            out = responses(row)
+        if not messages or messages[-1]["role"] != "user":
+            raise Skip(MALFORMED, "the conversation must end with a human turn")
+    elif "instruction" in row:
+        query = row.get("instruction")
+        if not isinstance(query, str) or not query.strip():
+            raise Skip(MISSING_PROMPT, "no 'instruction'")
+        if isinstance(row.get("input"), str) and row["input"]:
+            query = f"{query}\n{row['input']}"
+        messages = []
+        for pair in row.get("history") or []:
+            if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(t, str) for t in pair)):
+                raise Skip(MALFORMED, "'history' must be a list of [query, response] string pairs")
+            messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+        messages.append({"role": "user", "content": query})
+        system = row.get("system")
+        out = kto(row.get("output"), row["kto_tag"]) if "kto_tag" in row else responses(row)
+    else:
+        raise Skip(MISSING_PROMPT, "neither 'conversations' (sharegpt) nor 'instruction' (alpaca)")
+    return {"id": row.get("id"), "messages": with_system(messages, system), "media": media_lists(row),
+            "add_markers": False, **out}
+
+
+def from_swift(row: dict) -> dict:
+    """ms-swift: messages (system/user/assistant; the last assistant turn is the chosen reply),
+    rejected_response (DPO) or label (KTO), images/videos/audios."""
+    messages = turns(row.get("messages"), "messages")
+    if messages[-1]["role"] != "assistant":
+        raise Skip(MISSING_RESPONSE, "the last message must be the assistant reply")
+    reply, messages = messages[-1]["content"], messages[:-1]
+    if row.get("rejected_response") is not None:
+        out = {"chosen": reply, "rejected": text(row["rejected_response"], "rejected_response", MISSING_RESPONSE)}
+    elif "label" in row:
+        out = kto(reply, row["label"])
+    else:
+        raise Skip(MISSING_RESPONSE, "no 'rejected_response' (nor KTO 'label')")
+    if not messages or messages[-1]["role"] != "user":
+        raise Skip(MISSING_PROMPT, "no user turn before the assistant reply")
+    return {"id": row.get("id"), "messages": with_system(messages, row.get("system")), "media": media_lists(row),
+            "add_markers": False, **out}
+
+
+def from_rlaifv(row: dict) -> dict:
+    """RLAIF-V / RLHF-V: image ({"bytes", "path"} struct, raw bytes or path), question, chosen, rejected."""
+    media = {"image": listed(row.get("image"))}
+    if not media["image"]:
+        raise Skip(MISSING_MEDIA, "no 'image'")
+    prompt = user_prompt(text(row.get("question"), "question", MISSING_PROMPT), "question")
+    return {"id": row.get("id"), "messages": prompt, "media": media, "add_markers": True, **responses(row)}
+
+
+def from_align_anything(row: dict) -> dict:
+    """align-anything: question (TI2T) or prompt (TA2T/TV2T); image / video_path|video / audio_path|audio;
+    response_1, response_2, overall_response (1 or 2: the better one)."""
+    better = row.get("overall_response")
+    if isinstance(better, str) and better.strip().isdigit():
+        better = int(better)
+    if isinstance(better, float) and better.is_integer():
+        better = int(better)
+    if better not in (1, 2) or isinstance(better, bool):
+        raise Skip(BAD_LABEL, f"overall_response must be 1 or 2, got {better!r}")
+    prompt = row.get("question") if row.get("question") is not None else row.get("prompt")
+    prompt = text(prompt, "question", MISSING_PROMPT)
+    pair = responses(row, f"response_{better}", f"response_{3 - better}")
+    media = {"image": listed(row.get("image")),
+             "video": listed(row.get("video_path", row.get("video"))),
+             "audio": listed(row.get("audio_path", row.get("audio")))}
+    return {"id": row.get("id"), "messages": user_prompt(prompt, "question"), "media": media,
+            "add_markers": True, **pair}
+
+
+FORMATS = {"jsonl": from_jsonl, "trl": from_trl, "llamafactory": from_llamafactory, "swift": from_swift,
+           "rlaifv": from_rlaifv, "align_anything": from_align_anything}
