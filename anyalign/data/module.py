@@ -88,14 +88,15 @@ class Compose:
 class EqualBatches:
     """Exactly ``n`` batches per epoch from ``loader``, restarting it if it runs dry."""
 
-    def __init__(self, loader: DataLoader, n: int):
+    def __init__(self, loader: "EpochLoader", n: int):
         self.loader, self.n = loader, n
+        self.sampler, self.dataset, self.batch_sampler = loader, loader.dataset, None  # see EpochLoader
 
     def __len__(self) -> int:
         return self.n
 
     def __iter__(self):
-        done = 0
+        done = self.loader.skip  # resumed mid-epoch: those batches were trained already
         while done < self.n:
             produced = False
             for batch in self.loader:
@@ -109,16 +110,42 @@ class EqualBatches:
 
 
 class EpochLoader:
-    """A DataLoader whose stream is told the epoch each time it is iterated (workers are not
-    persistent, so the new epoch reaches them)."""
+    """A DataLoader over a ``PreferenceStream`` that knows its epoch and can resume mid-epoch.
 
-    def __init__(self, stream: PreferenceStream, **kwargs):
-        self.stream, self.loader, self.epoch = stream, DataLoader(stream, batch_size=None, **kwargs), 0
+    Lightning sets the epoch through ``sampler.set_epoch`` at each epoch start; workers are not
+    persistent, so each new iteration re-sends the stream, epoch included, to fresh workers. The stream
+    is a deterministic function of (seed, epoch), so resuming replays the epoch and drops the ``skip``
+    batches that were already trained: no sample is repeated or skipped.
+    """
+
+    def __init__(self, stream: PreferenceStream, epoch: int = 0, skip: int = 0, **kwargs):
+        self.stream, self.loader = stream, DataLoader(stream, batch_size=None, **kwargs)
+        self.epoch, self.skip = epoch, skip
+        # Lightning's per-epoch hook, _set_sampler_epoch, calls loader.sampler.set_epoch(epoch); its
+        # shuffle check looks at .dataset (an IterableDataset) and .batch_sampler first
+        self.sampler, self.dataset, self.batch_sampler = self, stream, None
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.skip = epoch, 0
 
     def __iter__(self):
         self.stream.set_epoch(self.epoch)
-        self.epoch += 1
-        return iter(self.loader)
+        skip, self.skip = self.skip, 0
+        for i, batch in enumerate(self.loader):
+            if i >= skip:
+                yield batch
+
+
+def resume_position(trainer) -> tuple[int, int]:
+    """(epoch, batches already trained in it) from a trainer restored from a checkpoint."""
+    if trainer is None:
+        return 0, 0
+    loop = trainer.fit_loop
+    epochs = loop.epoch_progress.current
+    if epochs.started > epochs.processed:  # the checkpoint was taken inside an epoch
+        return epochs.processed, loop.epoch_loop.batch_progress.current.processed
+    return epochs.processed, 0
 
 
 class PreferenceDataModule(L.LightningDataModule):
@@ -195,7 +222,8 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def _loader(self, urls: list[str], batch_size: int, shuffle: bool, negatives: dict | None):
         stream = PreferenceStream(urls, self._process(batch_size, negatives), shuffle, self.shuffle_buffer, self.seed)
-        loader = EpochLoader(stream, num_workers=self.num_workers, worker_init_fn=worker_init,
+        epoch, skip = resume_position(self.trainer) if shuffle else (0, 0)
+        loader = EpochLoader(stream, epoch, skip, num_workers=self.num_workers, worker_init_fn=worker_init,
                              persistent_workers=False)
         _, world = rank_and_world()
         if world == 1:
