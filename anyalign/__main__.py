@@ -1,17 +1,34 @@
 """``python -m anyalign fit --config configs/video_dpo.yaml``: LightningCLI with OmegaConf interpolation."""
 from __future__ import annotations
 
+from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.cli import LightningCLI
 
 from modalities import load_entry_points
 
+from .checkpoint import SafetensorsCheckpointIO
 from .data import PreferenceDataModule
 from .module import AlignModule
 
 
+class AlignCLI(LightningCLI):
+    def instantiate_trainer(self, **kwargs):
+        """Checkpoints in safetensors format unless the config names another CheckpointIO."""
+        plugins = self.config_init[self.subcommand]["trainer"].get("plugins") if self.subcommand else None
+        plugins = list(plugins or []) if isinstance(plugins, (list, tuple)) else ([plugins] if plugins else [])
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            kwargs["plugins"] = [*plugins, SafetensorsCheckpointIO()]
+        return super().instantiate_trainer(**kwargs)
+
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI would torch.load the checkpoint here to merge its hyper-parameters into the config.
+        Checkpoints are safetensors files, and a resumed run takes its model from the config it is given
+        (the same one it was started with), so there is nothing to merge."""
+
+
 def main(args=None) -> None:
     load_entry_points()  # installed packages' adapters become known by class name
-    LightningCLI(
+    AlignCLI(
         AlignModule,
         PreferenceDataModule,
         seed_everything_default=0,

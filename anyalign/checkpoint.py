@@ -1,0 +1,90 @@
+"""Training checkpoints in safetensors format, never pickles.
+
+Lightning's checkpoint is a nested dict (weights, optimizer state, schedulers, loop progress, callback
+state, hyper-parameters). Every tensor in it goes into a safetensors file under its path in the dict;
+everything else (ints, floats, strings, lists, dicts with int or str keys) goes into a JSON skeleton
+stored in the same file's header metadata. Loading never runs code from the file. The CLI installs this
+as the trainer's CheckpointIO, so ``--ckpt_path last`` resumes from these files.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins import CheckpointIO
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+FORMAT = "anyalign-checkpoint/1"
+
+
+def _encode(obj: Any, path: str, tensors: dict, seen: dict) -> Any:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        ptr = (t.data_ptr(), t.numel(), t.dtype) if t.numel() else None
+        if ptr in seen:  # tied weights share storage, which safetensors refuses: store a copy
+            t = t.clone()
+        seen[ptr] = path
+        tensors[path] = t
+        return {"__tensor__": path}
+    if isinstance(obj, dict):
+        return {"__dict__": [[_encode(k, f"{path}/k{i}", tensors, seen), _encode(v, f"{path}/{i}", tensors, seen)]
+                             for i, (k, v) in enumerate(obj.items())]}
+    if isinstance(obj, (list, tuple)):
+        items = [_encode(v, f"{path}/{i}", tensors, seen) for i, v in enumerate(obj)]
+        return {"__tuple__": items} if isinstance(obj, tuple) else items
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, Path):
+        return str(obj)
+    return {"__repr__": repr(obj)}  # an object JSON cannot hold: kept readable, restored as its repr
+
+
+def _decode(obj: Any, tensors) -> Any:
+    if isinstance(obj, list):
+        return [_decode(v, tensors) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if "__tensor__" in obj:
+        return tensors.get_tensor(obj["__tensor__"])
+    if "__dict__" in obj:
+        return {_decode(k, tensors): _decode(v, tensors) for k, v in obj["__dict__"]}
+    if "__tuple__" in obj:
+        return tuple(_decode(v, tensors) for v in obj["__tuple__"])
+    return obj.get("__repr__")
+
+
+def save_checkpoint(checkpoint: dict, path: str | Path) -> None:
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _encode(checkpoint, "c", tensors, {})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": FORMAT, "skeleton": json.dumps(skeleton)})
+    os.replace(tmp, path)  # a crash while saving never leaves a half-written checkpoint
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    with safe_open(str(path), framework="pt", device=str(map_location)) as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path} is not an anyalign safetensors checkpoint (format {meta.get('format')!r}); "
+                             "pickle checkpoints are not loaded")
+        return _decode(json.loads(meta["skeleton"]), f)
+
+
+class SafetensorsCheckpointIO(CheckpointIO):
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        save_checkpoint(checkpoint, path)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        return load_checkpoint(path, "cpu")
+
+    def remove_checkpoint(self, path) -> None:
+        Path(path).unlink(missing_ok=True)

@@ -1,0 +1,38 @@
+"""Checkpoints are safetensors files (no pickle) that round-trip Lightning's checkpoint dict exactly."""
+import pickle
+
+import pytest
+import torch
+
+from anyalign.checkpoint import load_checkpoint, save_checkpoint
+
+
+def test_roundtrip_nested_state(tmp_path):
+    w = torch.randn(4, 3)
+    ckpt = {"state_dict": {"a.weight": w, "tied": w, "b": torch.arange(5)},
+            "optimizer_states": [{"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.ones(2)}},
+                                  "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.999), "params": [0]}]}],
+            "loops": {"fit_loop": {"epoch_progress": {"current": {"ready": 1, "completed": 0}}}},
+            "callbacks": {"ModelCheckpoint{'monitor': None}": {"best_model_score": None, "kth_value": torch.tensor(float("inf"))}},
+            "hyper_parameters": {"losses": [{"name": "sigmoid", "beta": 0.1}], "lora": None, "flag": True},
+            "epoch": 2, "global_step": 17}
+    path = tmp_path / "last.ckpt"
+    save_checkpoint(ckpt, path)
+    with pytest.raises(Exception):
+        pickle.loads(path.read_bytes())  # not a pickle
+    out = load_checkpoint(path)
+    assert out["epoch"] == 2 and out["global_step"] == 17
+    assert torch.equal(out["state_dict"]["a.weight"], w) and torch.equal(out["state_dict"]["tied"], w)
+    state = out["optimizer_states"][0]["state"]
+    assert list(state) == [0] and torch.equal(state[0]["exp_avg"], torch.ones(2))  # int keys stay ints
+    assert out["optimizer_states"][0]["param_groups"][0]["betas"] == (0.9, 0.999)  # tuples stay tuples
+    assert out["hyper_parameters"] == ckpt["hyper_parameters"]
+    assert out["loops"] == ckpt["loops"]
+    assert torch.isinf(next(iter(out["callbacks"].values()))["kth_value"])
+
+
+def test_refuses_a_pickle_checkpoint(tmp_path):
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": {}}, path)
+    with pytest.raises(Exception, match="not an anyalign safetensors checkpoint|header|safetensors|Error"):
+        load_checkpoint(path)
