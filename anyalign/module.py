@@ -168,6 +168,11 @@ class AlignModule(L.LightningModule):
         self._val = {}
 
     def on_validation_epoch_end(self) -> None:
+        if self.trainer.world_size > 1:  # each rank saw its own share of the held-out pairs: sum them
+            names = ("correct", "ties", "pairs")
+            total = self.trainer.strategy.reduce(torch.tensor([float(self._val.get(k, 0)) for k in names],
+                                                              dtype=torch.float64, device=self.device), reduce_op="sum")
+            self._val = {k: (v if k == "correct" else int(v)) for k, v in zip(names, total.tolist())}
         if self._val.get("pairs"):
             self.val_history.append({"step": self.global_step, "sanity": self.trainer.sanity_checking,
                                      "accuracy": self._val["correct"] / self._val["pairs"],

@@ -6,6 +6,7 @@ in the main process, whatever worker met it, and no other sample moves.
 """
 from __future__ import annotations
 
+import itertools
 import random
 import tarfile
 from dataclasses import dataclass
@@ -186,6 +187,8 @@ class PreferenceStream(IterableDataset):
         urls = list(self.urls)
         if self.shuffle:
             random.Random(f"{self.seed}/{self.epoch}").shuffle(urls)
+        if len(urls) < world:  # too few shards for one per rank: every rank reads all, keeps its samples
+            return urls[worker::workers]
         return urls[rank::world][worker::workers]
 
     def __iter__(self):
@@ -193,6 +196,8 @@ class PreferenceStream(IterableDataset):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         src: Iterator = read_shards(iter(self.shards(rank, world, worker, workers)))
+        if len(self.urls) < world:
+            src = itertools.islice(src, rank, None, world)
         if self.shuffle and self.buffer > 1:
             src = shuffle_buffer(src, self.buffer, random.Random(f"{self.seed}/{self.epoch}/{rank}/{worker}"))
         yield from self.process(src)
