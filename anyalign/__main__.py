@@ -1,7 +1,10 @@
 """``python -m anyalign fit --config configs/video_dpo.yaml``: LightningCLI with OmegaConf interpolation."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from lightning.fabric.plugins import CheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from modalities import load_entry_points
@@ -18,7 +21,13 @@ class AlignCLI(LightningCLI):
         plugins = list(plugins or []) if isinstance(plugins, (list, tuple)) else ([plugins] if plugins else [])
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             kwargs["plugins"] = [*plugins, SafetensorsCheckpointIO()]
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        for cb in trainer.checkpoint_callbacks:
+            # one folder per run directory, not per logger version, so `--ckpt_path last` finds the
+            # previous run's last.ckpt when resuming
+            if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
+                cb.dirpath = str(Path(trainer.default_root_dir) / "checkpoints")
+        return trainer
 
     def _parse_ckpt_path(self) -> None:
         """LightningCLI would torch.load the checkpoint here to merge its hyper-parameters into the config.

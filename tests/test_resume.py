@@ -56,8 +56,8 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, monkeypatch):
     _fit(tmp_path / "a", tmp_path / "a.jsonl")
     with pytest.raises(RuntimeError, match="simulated crash"):
         _fit(tmp_path / "b", tmp_path / "b.jsonl", crash=10)  # dies after step 10; last checkpoint: step 7
-    last = next((tmp_path / "b").rglob("last.ckpt"))
-    _fit(tmp_path / "b", tmp_path / "b.jsonl", ckpt=str(last))
+    assert (tmp_path / "b" / "checkpoints" / "last.ckpt").is_file()
+    _fit(tmp_path / "b", tmp_path / "b.jsonl", ckpt="last")  # as a user resumes: --ckpt_path last
     full = _read(tmp_path / "a.jsonl")
     resumed = [r for r in _read(tmp_path / "b.jsonl") if r["step"] <= 7] + \
               [r for r in _read(tmp_path / "b.jsonl")[10:]]  # steps 1-7, then the resumed run's steps 8-22
