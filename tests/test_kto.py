@@ -52,3 +52,19 @@ def test_kto_on_paired_data_fails_before_training(tmp_path):
         unp = write_shard(tmp_path / "u.tar", [{"__key__": "a", "json": {"prompt": "x", "completion": "y",
                                                                            "label": True}}])
         check_sample_kind([unp], "data.train_shards", ["chosen", "rejected"])
+
+
+def test_mixed_kinds_skip_the_kind_the_losses_do_not_use():
+    from anyalign.data.pipeline import Skipped, check_kind
+    paired = {"key": "p", "url": "u", "responses": {"chosen": "A", "rejected": "B"}}
+    unpaired_ex = {"key": "q", "url": "u", "responses": {"completion": "A"}, "desirable": True}
+    out = list(check_kind(iter([paired, unpaired_ex]), unpaired=True))
+    assert out[1] is unpaired_ex and isinstance(out[0], Skipped) and "paired sample" in out[0].reason
+    out = list(check_kind(iter([paired, unpaired_ex]), unpaired=False))
+    assert out[0] is paired and isinstance(out[1], Skipped) and "unpaired sample" in out[1].reason
+
+
+def test_skip_reasons_are_stable_text():
+    from anyalign.data.pipeline import Skipped
+    s = Skipped("u", "k", "[12:33:15] cannot open <_io.BytesIO object at 0x7f3a2c1b9e50>")
+    assert s.reason == "cannot open <_io.BytesIO object>"

@@ -27,8 +27,10 @@ VARIANTS = {
 }
 
 
-def run_variant(config: str, extra: list[str], steps: int, warmup: int, repeats: int) -> dict:
+def run_variant(config: str, extra: list[str], steps: int, warmup: int, repeats: int, threads: int) -> dict:
     import torch
+    if threads:
+        torch.set_num_threads(threads)
     from lightning.pytorch.cli import LightningCLI
 
     from anyalign.data import PreferenceDataModule
@@ -93,24 +95,26 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS))
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("overrides", nargs="*", help="config overrides after --, e.g. -- --data.batch_size 4")
     args = ap.parse_args()
     if args.child:
         print(json.dumps(run_variant(args.config, VARIANTS[args.child] + args.overrides, args.steps, args.warmup,
-                                     args.repeats)))
+                                     args.repeats, args.threads)))
         return
     results = {}
     for name in args.variants.split(","):
         cmd = [sys.executable, __file__, "--config", args.config, "--steps", str(args.steps), "--warmup",
-               str(args.warmup), "--repeats", str(args.repeats), "--child", name, "--", *args.overrides]
+               str(args.warmup), "--repeats", str(args.repeats), "--threads", str(args.threads), "--child", name,
+               "--", *args.overrides]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode:
             sys.exit(f"variant {name} failed:\n{out.stderr[-3000:]}")
         results[name] = json.loads(out.stdout.strip().splitlines()[-1])
     first = next(iter(results.values()))
     print(f"config {args.config} {' '.join(args.overrides)} | device {first['device']} | {args.steps} steps x "
-          f"{args.repeats} repeats after {args.warmup} warm-up | per pair: "
+          f"{args.repeats} repeats after {args.warmup} warm-up | threads {args.threads or 'default'} | per pair: "
           f"{first['media_tokens'] / first['pairs'] / (2 if 'concatenated' in next(iter(results)) else 1):.0f} "
           f"media tokens")
     base = results.get("concatenated+frozen_copy")

@@ -21,7 +21,8 @@ from torch.utils.data import DataLoader
 from modalities import BadSample
 
 from .collate import LAYOUTS, Collator
-from .pipeline import PreferenceStream, batched, decode, rank_and_world, tokenize, unpair, worker_init
+from .pipeline import (PreferenceStream, batched, check_kind, decode, rank_and_world, tokenize, unpair,
+                       worker_init)
 from .schema import is_unpaired, parse_record
 from .template import PreferenceTokenizer
 
@@ -163,6 +164,7 @@ class PreferenceDataModule(L.LightningDataModule):
         samples_per_epoch: int | None = None,
         unpair: bool = False,
         seed: int = 0,
+        preflight_max_bad_fraction: float | None = None,
     ):
         """
         Args:
@@ -179,6 +181,8 @@ class PreferenceDataModule(L.LightningDataModule):
             unpair: turn each pair into two unpaired samples (chosen: desirable, rejected: undesirable),
                 for KTO on paired data.
             seed: shuffling seed (shards per epoch and the sample buffer).
+            preflight_max_bad_fraction: scan all training shards before training and fail, listing bad keys,
+                if more than this fraction of samples is bad; None skips the scan.
         """
         super().__init__()
         if batch_size < 1:
@@ -187,6 +191,8 @@ class PreferenceDataModule(L.LightningDataModule):
             raise ValueError(f"data.layout={layout!r} is not one of {LAYOUTS}")
         if max_length < 2:
             raise ValueError(f"data.max_length must be >= 2, got {max_length}")
+        if preflight_max_bad_fraction is not None and not 0 <= preflight_max_bad_fraction <= 1:
+            raise ValueError(f"data.preflight_max_bad_fraction must be in [0, 1], got {preflight_max_bad_fraction}")
         self.train_urls = expand_shards(train_shards, "data.train_shards")
         self.val_urls = expand_shards(val_shards, "data.val_shards")
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
@@ -194,19 +200,27 @@ class PreferenceDataModule(L.LightningDataModule):
         self.layout, self.pad_to_multiple_of = layout, pad_to_multiple_of
         self.samples_per_epoch, self.seed, self.unpair = samples_per_epoch, seed, unpair
         self.model = None
-        self.negatives, self.train_negatives = None, False
+        self.negatives, self.train_negatives, self.unpaired = None, False, False
+        self.preflight_max_bad_fraction, self.preflight_report = preflight_max_bad_fraction, None
 
-    def bind(self, model, negatives: dict | None = None, train_negatives: bool = False) -> None:
+    def bind(self, model, negatives: dict | None = None, train_negatives: bool = False,
+             unpaired: bool = False) -> None:
         """Take the tokenizer and the adapters' preprocessing from the model (a MultimodalLM), and the
         validated negatives spec; training batches carry corrupted-media rows only if a loss term needs
         them, validation batches whenever negatives are configured (to measure media reliance)."""
         self.model, self.negatives, self.train_negatives = model, negatives, train_negatives
+        self.unpaired = unpaired  # the loss terms train on unpaired samples (KTO)
 
     def setup(self, stage: str) -> None:
         if self.model is None:
             module = self.trainer.lightning_module
-            self.bind(module.policy, module.negatives, "chosen_corrupt" in module.sequences)
+            self.bind(module.policy, module.negatives, "chosen_corrupt" in module.sequences,
+                      "completion" in module.sequences)
             check_sample_kind(self.train_urls, "data.train_shards", module.sequences, self.unpair)
+        if stage == "fit" and self.preflight_max_bad_fraction is not None and self.preflight_report is None:
+            from .inspect import example_stages, preflight  # imported here: inspect imports this module
+            self.preflight_report = preflight(self.train_urls, example_stages(self), self.preflight_max_bad_fraction,
+                                              self.num_workers)
 
     def _process(self, batch_size: int, negatives: dict | None = None):
         m = self.model
@@ -216,6 +230,7 @@ class PreferenceDataModule(L.LightningDataModule):
         return Compose([
             partial(decode, adapters=adapters),                    # raw sample -> media tensors
             *([unpair] if self.unpair else []),                    # pair -> two unpaired samples
+            partial(check_kind, unpaired=self.unpaired),           # the other kind of sample is bad
             partial(tokenize, tokenizer=tok, adapters=adapters),   # -> token ids, placeholders expanded
             partial(batched, batch_size=batch_size, collate=collate),  # examples -> batches
         ])

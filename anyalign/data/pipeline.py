@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 import tarfile
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -27,6 +28,12 @@ class Skipped:
     url: str
     key: str
     reason: str
+
+    def __post_init__(self):  # stable text: no object addresses (Pillow, soundfile), no decord timestamps
+        object.__setattr__(self, "reason", _VOLATILE.sub("", self.reason))
+
+
+_VOLATILE = re.compile(r" at 0x[0-9a-fA-F]+|\[\d\d:\d\d:\d\d\] ")
 
 
 def _split_name(name: str) -> tuple[str, str]:
@@ -120,6 +127,16 @@ def unpair(src: Iterator) -> Iterator[dict | Skipped]:
         for suffix, field, label in (("c", "chosen", True), ("r", "rejected", False)):
             yield {**ex, "key": f"{ex['key']}-{suffix}", "responses": {"completion": ex["responses"][field]},
                    "desirable": label}
+
+
+def check_kind(src: Iterator, unpaired: bool) -> Iterator[dict | Skipped]:
+    """Paired and unpaired samples cannot share a batch: the kind the losses do not use is bad."""
+    for ex in src:
+        if not isinstance(ex, Skipped) and ("completion" in ex["responses"]) != unpaired:
+            have, want = ("unpaired", "paired") if unpaired is False else ("paired", "unpaired")
+            yield Skipped(ex["url"], ex["key"], f"{have} sample, but the loss terms train on {want} samples")
+            continue
+        yield ex
 
 
 def tokenize(src: Iterator, tokenizer, adapters: dict) -> Iterator[dict | Skipped]:
