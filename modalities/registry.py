@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from importlib.metadata import entry_points
 
+from .audio import AudioAdapter
 from .base import ModalityAdapter
 from .image import ImageAdapter
+from .multi_image import MultiImageAdapter
 from .video import VideoAdapter
 
-ADAPTERS: dict[str, type[ModalityAdapter]] = {"image": ImageAdapter, "video": VideoAdapter}
+ADAPTERS: dict[str, type[ModalityAdapter]] = {"image": ImageAdapter, "multi_image": MultiImageAdapter,
+                                              "video": VideoAdapter, "audio": AudioAdapter}
 
 
 def load_entry_points() -> dict[str, type[ModalityAdapter]]:

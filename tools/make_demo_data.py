@@ -1,19 +1,26 @@
-"""Build anyalign's embedded default assets: a tiny LM, a tiny vision encoder and demo DPO shards.
+"""Build anyalign's embedded default assets: a tiny LM, tiny vision and audio encoders and demo DPO shards.
 
-    python tools/make_demo_data.py --out assets [--only model|image|video ...]
+    python tools/make_demo_data.py --out assets [--only model|image|video|audio|multi_image|audio_visual ...]
 
 Why: the configs, tests and quick-start need a model and data that exist offline, load in seconds on a CPU
 and still exercise the real code paths (HF loading, chat templates, JPEG/H.264 decoding, WebDataset tars).
 
   tiny-lm/      byte-level BPE tokenizer (~512 tokens, ChatML template) + randomly initialised Qwen2 (2 layers)
   tiny-siglip/  randomly initialised SiglipVisionModel (32x32 input, 8x8 patches -> 16 tokens)
+  tiny-audio/   randomly initialised WhisperEncoder (80 mels, 2 s window -> 100 positions) + its feature
+                extractor config (preprocessor_config.json)
   data/image/   preference pairs over 8 scikit-image photographs (random crops, 64x64 JPEG)
   data/video/   the same classes as 16-frame 64x64 H.264 Ken Burns clips (ffmpeg/libx264)
+  data/audio/   the classes' nouns spoken by espeak-ng (several voices, speeds, pitches), 16 kHz FLAC
+  data/multi_image/  2-3 photographs per sample, asking about one of them by its position
+  data/audio_visual/ Ken Burns clips with a speech soundtrack (AAC) saying another class; asks what is
+                said or what is shown (a quarter of them as a silent mp4 + a separate FLAC)
 
 Each pair's chosen and rejected answers share one template and differ only in the caption; every caption
 is chosen and rejected equally often, so the preference can only be learned by looking at the media.
 Everything is seeded; tar members get a fixed mtime and x264 runs single-threaded with bitexact muxing,
-so reruns give byte-identical files with the same library and ffmpeg versions.
+so reruns give byte-identical files with the same library, espeak-ng and ffmpeg versions. Building the
+audio sets needs espeak-ng; nothing else (tests included) does.
 """
 from __future__ import annotations
 
@@ -51,8 +58,33 @@ ANSWERS = {
     "video": ["It shows {}.", "This is a video of {}.", "I see {}.", "The video shows {}."],
 }
 # (samples per shard, train shards, seed base) per modality; val-000 uses a different seed.
-SPLITS = {"image": (64, 4, 1000), "video": (48, 4, 2000)}
+SPLITS = {"image": (64, 4, 1000), "video": (48, 4, 2000),
+          "audio": (32, 4, 3000), "multi_image": (64, 4, 4000), "audio_visual": (32, 4, 5000)}
 SIZE, FRAMES, FPS = 64, 16, 8
+
+# What a speaker says for each class (short, so a clip fits in 2 s at any of the speeds below).
+SPOKEN = {"astronaut": "an astronaut", "chelsea": "a cat", "coffee": "a cup of coffee", "rocket": "a rocket",
+          "hubble_deep_field": "galaxies", "immunohistochemistry": "a microscope",
+          "stereo_motorcycle": "a motorcycle", "coins": "coins"}
+VOICES = ["en-us+m1", "en-us+m3", "en-us+f2", "en-us+f4", "en-gb+m2", "en-gb+f3", "en-gb-scotland+m4", "en-029+f1"]
+RATE, CLIP_SECONDS, MULTI_SIZE, AV_CRF = 16000, 2.0, 32, 32
+ORDINALS = ["first", "second", "third"]
+MORE_PROMPTS = {
+    "audio": ["<audio>\nWhat is said in this recording?", "<audio>\nWhat does the speaker say?",
+              "Listen: <audio>\nWhich words are spoken?", "<audio>\nTranscribe the recording."],
+    "multi_image": ["{marks}\nWhat is in the {nth} picture?", "{marks}\nDescribe the {nth} image in a few words.",
+                    "Look at these pictures: {marks}\nWhat does the {nth} one show?"],
+    "said": ["<video>\n<audio>\nWhat is said in this video?", "<video><audio>\nWhat does the speaker say?",
+             "<video>\n<audio>\nWhich words are spoken in this clip?"],
+    "shown": ["<video>\n<audio>\nWhat does the video show?", "<video><audio>\nWhat can be seen in this clip?",
+              "<video>\n<audio>\nDescribe what is shown in a few words."],
+}
+MORE_ANSWERS = {
+    "audio": ["The speaker says: {}.", "They say {}.", "I hear \"{}\".", "The recording says {}."],
+    "multi_image": ["The {nth} picture shows {}.", "It shows {}.", "In the {nth} one I see {}."],
+    "said": ["The speaker says: {}.", "Someone says {}."],
+    "shown": ["The video shows {}.", "It shows {}."],
+}
 MTIME = 1_700_000_000  # fixed tar mtime for reproducible shards
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = (
@@ -139,9 +171,9 @@ def random_crop(img: Image.Image, rng: random.Random) -> Image.Image:
     return jitter(out, rng)
 
 
-def jpeg(img: Image.Image) -> bytes:
+def jpeg(img: Image.Image, **options) -> bytes:
     buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=90)
+    img.save(buf, format="JPEG", **({"quality": 90} | options))
     return buf.getvalue()
 
 
@@ -169,24 +201,29 @@ def ken_burns(img: Image.Image, rng: random.Random) -> list[Image.Image]:
     return frames
 
 
-def h264(frames: list[Image.Image], tmp: Path) -> bytes:
+def h264(frames: list[Image.Image], tmp: Path, speech: np.ndarray | None = None, crf: int = 28) -> bytes:
+    """H.264 clip; with ``speech`` (mono float at RATE), muxed with it as an AAC track."""
     out = tmp / "clip.mp4"
+    audio = ["-an"]
+    if speech is not None:
+        import soundfile as sf
+        sf.write(tmp / "speech.wav", speech, RATE, subtype="PCM_16")
+        audio = ["-i", str(tmp / "speech.wav"), "-c:a", "aac", "-b:a", "8k", "-ac", "1", "-ar", str(RATE),
+                 "-flags:a", "+bitexact"]
     cmd = ["ffmpeg", "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
-           "-s", f"{SIZE}x{SIZE}", "-r", str(FPS), "-i", "-", "-an", "-c:v", "libx264", "-preset", "veryfast",
-           "-crf", "28", "-pix_fmt", "yuv420p", "-threads", "1", "-map_metadata", "-1",
+           "-s", f"{SIZE}x{SIZE}", "-r", str(FPS), "-i", "-", *audio, "-c:v", "libx264", "-preset", "veryfast",
+           "-crf", str(crf), "-pix_fmt", "yuv420p", "-threads", "1", "-map_metadata", "-1",
            "-fflags", "+bitexact", "-flags:v", "+bitexact", "-movflags", "+faststart", str(out)]
     raw = b"".join(np.asarray(f, dtype=np.uint8).tobytes() for f in frames)
     subprocess.run(cmd, input=raw, check=True)
     return out.read_bytes()
 
 
-def build_shards(modality: str, out: Path) -> dict[str, int]:
+def write_shards(modality: str, short: str, out: Path, sample) -> dict[str, int]:
+    """train-000..N and val-000 tars of ``sample(chosen, rejected, rng, tmp) -> {field: bytes}`` per pair."""
     import webdataset as wds
 
     per_shard, n_train, seed = SPLITS[modality]
-    photos = [load_photo(name) for name in CLASSES]
-    ext = "jpg" if modality == "image" else "mp4"
-    short = "img" if modality == "image" else "vid"
     folder = out / "data" / modality
     folder.mkdir(parents=True, exist_ok=True)
     counts = {}
@@ -197,14 +234,116 @@ def build_shards(modality: str, out: Path) -> dict[str, int]:
             path = folder / f"{split}-{idx:03d}.tar"
             with open(path, "wb") as f, wds.TarWriter(f, encoder=False, mtime=MTIME) as sink:
                 for j, (c, r) in enumerate(pairs(per_shard, rng)):
-                    if modality == "image":
-                        media = jpeg(random_crop(photos[c], rng))
-                    else:
-                        media = h264(ken_burns(photos[c], rng), Path(tmp))
-                    key = f"{short}-{split}-{idx * per_shard + j:06d}"
-                    sink.write({"__key__": key, "json": record(modality, c, r, rng), ext: media})
+                    fields = sample(c, r, rng, Path(tmp))
+                    sink.write({"__key__": f"{short}-{split}-{idx * per_shard + j:06d}", **fields})
             counts[str(path.relative_to(out))] = per_shard
     return counts
+
+
+def build_shards(modality: str, out: Path) -> dict[str, int]:
+    photos = [load_photo(name) for name in CLASSES]
+    ext = "jpg" if modality == "image" else "mp4"
+
+    def sample(c: int, r: int, rng: random.Random, tmp: Path) -> dict:
+        media = jpeg(random_crop(photos[c], rng)) if modality == "image" else h264(ken_burns(photos[c], rng), tmp)
+        return {"json": record(modality, c, r, rng), ext: media}
+
+    return write_shards(modality, "img" if modality == "image" else "vid", out, sample)
+
+
+def speech(text: str, rng: random.Random) -> np.ndarray:
+    """espeak-ng saying ``text`` in a random voice, speed and pitch: mono float32 at RATE, silence trimmed,
+    peak-normalised to a random level."""
+    import librosa
+    import soundfile as sf
+
+    cmd = ["espeak-ng", "-v", rng.choice(VOICES), "-s", str(rng.randint(150, 200)), "-p", str(rng.randint(25, 75)),
+           "--stdout", text]
+    wave, sr = sf.read(io.BytesIO(subprocess.run(cmd, capture_output=True, check=True).stdout), dtype="float32")
+    wave = librosa.resample(wave, orig_sr=sr, target_sr=RATE, res_type="soxr_hq")
+    wave, _ = librosa.effects.trim(wave, top_db=40)
+    wave = wave[: int(0.8 * CLIP_SECONDS * RATE)]
+    return (wave * rng.uniform(0.3, 0.9) / max(float(np.abs(wave).max()), 1e-6)).astype(np.float32)
+
+
+def place(wave: np.ndarray, rng: random.Random, length: int | None = None) -> np.ndarray:
+    """``wave`` after a random lead-in of silence, in a buffer of ``length`` samples (default: just fits)."""
+    room = int(CLIP_SECONDS * RATE) - len(wave)
+    lead = rng.randint(0, min(room, RATE // 4) if length is None else room)
+    out = np.zeros(length or lead + len(wave), dtype=np.float32)
+    out[lead: lead + len(wave)] = wave
+    return out
+
+
+def flac(wave: np.ndarray) -> bytes:
+    """16 kHz mono FLAC, 8-bit: synthetic speech stays clear and the shards stay small (~5 KB a clip)."""
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, wave, RATE, format="FLAC", subtype="PCM_S8")
+    return buf.getvalue()
+
+
+def text_record(prompt: str, answer: str, chosen: str, rejected: str, **fmt) -> bytes:
+    rec = {"prompt": prompt, "chosen": answer.format(chosen, **fmt), "rejected": answer.format(rejected, **fmt)}
+    return json.dumps(rec, ensure_ascii=False).encode("utf-8")
+
+
+def build_audio(out: Path) -> dict[str, int]:
+    spoken = list(SPOKEN.values())
+
+    def sample(c: int, r: int, rng: random.Random, tmp: Path) -> dict:
+        clip = flac(place(speech(spoken[c], rng), rng))
+        return {"json": text_record(rng.choice(MORE_PROMPTS["audio"]), rng.choice(MORE_ANSWERS["audio"]),
+                                    spoken[c], spoken[r]), "flac": clip}
+
+    return write_shards("audio", "aud", out, sample)
+
+
+def build_multi_image(out: Path) -> dict[str, int]:
+    """The asked-about picture shows the chosen class, the others random classes, none the rejected one.
+    (Rejecting the class of another picture of the sample would need the order, which the tiny model does
+    not learn from this little data; tests/test_multi_image.py checks the order instead.)"""
+    photos, caps, k = [load_photo(name) for name in CLASSES], list(CLASSES.values()), len(CLASSES)
+
+    def sample(c: int, r: int, rng: random.Random, tmp: Path) -> dict:
+        n = rng.choice([2, 3])
+        asked = rng.randrange(n)
+        classes = [rng.choice([x for x in range(k) if x not in (c, r)]) for _ in range(n)]
+        classes[asked] = c
+        nth = ORDINALS[asked]
+        prompt = rng.choice(MORE_PROMPTS["multi_image"]).format(marks=" ".join(["<image>"] * n), nth=nth)
+        fields = {"json": text_record(prompt, rng.choice(MORE_ANSWERS["multi_image"]), caps[c], caps[r], nth=nth)}
+        for i, cls in enumerate(classes):
+            img = random_crop(photos[cls], rng).resize((MULTI_SIZE, MULTI_SIZE), Image.BICUBIC)
+            fields[f"{i}.jpg"] = jpeg(img, quality=85, optimize=True)
+        return fields
+
+    return write_shards("multi_image", "mim", out, sample)
+
+
+def build_audio_visual(out: Path) -> dict[str, int]:
+    """Clips that show one class while a voice says another; the chosen answer names the asked stream's
+    class, the rejected one a class in neither stream, so what is said can only be learned from the
+    soundtrack, and what is shown only from the frames."""
+    photos, caps, spoken = [load_photo(name) for name in CLASSES], list(CLASSES.values()), list(SPOKEN.values())
+
+    def sample(c: int, r: int, rng: random.Random, tmp: Path) -> dict:
+        kind = rng.choice(["said", "shown"])
+        other = rng.choice([x for x in range(len(CLASSES)) if x not in (c, r)])
+        shown, said = (other, c) if kind == "said" else (c, other)
+        names = spoken if kind == "said" else caps
+        fields = {"json": text_record(rng.choice(MORE_PROMPTS[kind]), rng.choice(MORE_ANSWERS[kind]),
+                                      names[c], names[r])}
+        frames = ken_burns(photos[shown], rng)
+        track = place(speech(spoken[said], rng), rng, int(CLIP_SECONDS * RATE))
+        if rng.random() < 0.25:  # the other layout: a silent clip and its soundtrack as a separate file
+            fields |= {"mp4": h264(frames, tmp, crf=AV_CRF), "flac": flac(track)}
+        else:
+            fields["mp4"] = h264(frames, tmp, speech=track, crf=AV_CRF)
+        return fields
+
+    return write_shards("audio_visual", "av", out, sample)
 
 
 def corpus() -> list[str]:
@@ -283,6 +422,31 @@ def build_siglip(out: Path) -> None:
     print(f"tiny-siglip: {sum(p.numel() for p in model.parameters()):,} parameters")
 
 
+def build_tiny_audio(out: Path) -> None:
+    import torch
+    from transformers import AutoConfig, WhisperConfig, WhisperFeatureExtractor
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    path = out / "tiny-audio"
+    seconds = int(CLIP_SECONDS)
+    # decoder fields keep Whisper's defaults, unused: only the encoder is saved (architectures: WhisperEncoder).
+    # init_std 0.3, not Whisper's 0.02: at 0.02 a random encoder's output is ~99% its positional embeddings,
+    # the same for every clip, and the demo cannot be learned; at 0.3 about half of it depends on the audio.
+    cfg = WhisperConfig(num_mel_bins=80, d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
+                        max_source_positions=seconds * RATE // 160 // 2, init_std=0.3, torch_dtype="float32")
+    torch.manual_seed(0)
+    WhisperEncoder(cfg).save_pretrained(path, safe_serialization=True)
+    WhisperFeatureExtractor(feature_size=80, sampling_rate=RATE, hop_length=160, n_fft=400,
+                            chunk_length=seconds).save_pretrained(path)
+
+    assert AutoConfig.from_pretrained(path).model_type == "whisper"
+    model = WhisperEncoder.from_pretrained(path)
+    with torch.no_grad():
+        frames = 2 * cfg.max_source_positions
+        assert model(torch.zeros(2, 80, frames)).last_hidden_state.shape == (2, frames // 2, 32)
+    print(f"tiny-audio: {sum(p.numel() for p in model.parameters()):,} parameters, {seconds} s window")
+
+
 README = """# Demo preference data
 
 Built by `python tools/make_demo_data.py --out assets` (seeded; rebuilds byte-identically with the same
@@ -309,27 +473,79 @@ each image's licence.
 """
 
 
+MORE_README = {
+    "audio": """# Demo audio preference data
+
+Built by `python tools/make_demo_data.py --out assets --only audio` (needs espeak-ng). `KEY.json` +
+`KEY.flac` (16 kHz mono, 8-bit FLAC, at most 2 s): espeak-ng saying one of 8 phrases ({spoken}) in one of
+{voices} voices, at 150-200 words per minute and a random pitch, after up to 0.25 s of silence, at a random
+level. 4 x {n} training pairs + {n} held-out pairs (other seeds), e.g.
+
+    {{"prompt": "<audio>\\nWhat is said in this recording?", "chosen": "The speaker says: a cat.", "rejected": "The speaker says: coins."}}
+
+Chosen and rejected share one answer template; every phrase is chosen and rejected equally often.
+""",
+    "multi_image": """# Demo multi-image preference data
+
+Built by `python tools/make_demo_data.py --out assets --only multi_image`. `KEY.json` + `KEY.0.jpg`,
+`KEY.1.jpg` (+ `KEY.2.jpg`): 2 or 3 random crops ({size}x{size} JPEG) of the 8 photographs of
+`data/image`, one `<image>` marker each, e.g.
+
+    {{"prompt": "<image> <image> <image>\\nWhat is in the second picture?", "chosen": "The second picture shows a cat.", "rejected": "The second picture shows a rocket on a launch pad."}}
+
+The chosen caption names the class of the picture asked about, the rejected one a class that no picture of
+the sample shows (the other pictures show random other classes). 4 x {n} training pairs + {n} held-out
+pairs.
+""",
+    "audio_visual": """# Demo audio-visual preference data
+
+Built by `python tools/make_demo_data.py --out assets --only audio_visual` (needs espeak-ng and ffmpeg).
+`KEY.json` + `KEY.mp4`: a 2 s, 64x64 H.264 Ken Burns clip of one photograph (crf {crf}) with an AAC
+soundtrack (16 kHz mono, 8 kb/s) in which an espeak-ng voice names a different class. Half the prompts ask
+what is said (chosen: the spoken phrase), half what is shown (chosen: the shown class); the rejected answer
+names a class in neither stream, so the said half can only be learned from the soundtrack. A quarter of
+the samples use the other layout: a silent `KEY.mp4` next to its soundtrack as `KEY.flac`. Every prompt
+has both markers, e.g.
+
+    {{"prompt": "<video>\\n<audio>\\nWhat is said in this video?", "chosen": "The speaker says: a rocket.", "rejected": "The speaker says: a cat."}}
+
+4 x {n} training pairs + {n} held-out pairs.
+""",
+}
+
+
+PARTS = ["model", "image", "video", "audio", "multi_image", "audio_visual"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="assets", type=Path)
-    ap.add_argument("--only", action="append", choices=["model", "image", "video"],
+    ap.add_argument("--only", action="append", choices=PARTS,
                     help="build only this part (repeatable); default: everything")
     args = ap.parse_args()
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    parts, out, t0 = args.only or ["model", "image", "video"], args.out, time.time()
+    parts, out, t0 = args.only or PARTS, args.out, time.time()
     out.mkdir(parents=True, exist_ok=True)
     counts = {}
     if "model" in parts:
         build_lm(out)
         build_siglip(out)
+        build_tiny_audio(out)
     for m in ("image", "video"):
         if m in parts:
             counts.update(build_shards(m, out))
     if "image" in parts or "video" in parts:
         classes = ", ".join(f"`{k}` -> {v}" for k, v in CLASSES.items())
         (out / "data" / "README.md").write_text(README.format(classes=classes))
+    builders = {"audio": build_audio, "multi_image": build_multi_image, "audio_visual": build_audio_visual}
+    for m, build in builders.items():
+        if m in parts:
+            counts.update(build(out))
+            fmt = {"n": SPLITS[m][0], "size": MULTI_SIZE, "voices": len(VOICES), "crf": AV_CRF,
+                   "spoken": ", ".join(f'"{w}"' for w in SPOKEN.values())}
+            (out / "data" / m / "README.md").write_text(MORE_README[m].format(**fmt))
 
     total = 0
     for f in sorted(p for p in out.rglob("*") if p.is_file()):

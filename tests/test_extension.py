@@ -1,0 +1,144 @@
+"""A modality defined only here, outside anyalign: a sensor signal stored as raw little-endian float32
+bytes (``KEY.sig``; never pickle). It trains through the real CLI by ``class_path``, its projector learns,
+the held-out preference moves the right way, the export reloads it, and the entry-point group finds it."""
+import random
+from importlib.metadata import EntryPoint
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from anyalign.__main__ import main
+from modalities import BadSample, ModalityAdapter
+from modalities.base import freeze, mlp_projector
+
+from conftest import ROOT, pair, write_shard
+
+SHAPES = ["a low line", "a high line", "a fast wave", "random noise"]
+PROBE: dict = {}
+
+
+class SensorAdapter(ModalityAdapter):
+    """Signal -> ``frames`` frames of ``frame`` samples -> frozen random Linear + GELU -> MLP projector."""
+    placeholder = "<sensor>"
+    extensions = ("sig",)
+
+    def __init__(self, frame: int = 16, frames: int = 8, hidden: int = 32):
+        super().__init__()
+        self.frame, self.frames, self.hidden = frame, frames, hidden
+        self.encoder = nn.Sequential(nn.Linear(frame, hidden), nn.GELU())
+        freeze(self.encoder, True)
+        self.projector = None
+
+    def bind(self, lm_hidden_size: int) -> None:
+        self.projector = mlp_projector(self.hidden, lm_hidden_size)
+
+    def decode(self, data: bytes, ext: str) -> np.ndarray:
+        if len(data) == 0 or len(data) % 4:
+            raise BadSample(f"signal of {len(data)} bytes is not a whole number of float32 values")
+        x = np.frombuffer(data, dtype="<f4")
+        if not np.isfinite(x).all():
+            raise BadSample("signal has NaN or inf values")
+        return x
+
+    def preprocess(self, raw: np.ndarray) -> torch.Tensor:
+        out = torch.zeros(self.frames * self.frame)
+        n = min(len(raw), len(out))
+        out[:n] = torch.from_numpy(raw[:n].copy())
+        return out.view(self.frames, self.frame)
+
+    def num_tokens(self, item: torch.Tensor) -> int:
+        return self.frames
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.encoder(batch))
+
+
+class Probe(L.Callback):
+    """Records the projector before and after fit, and the held-out results."""
+
+    def _projector(self, module):
+        return {k: v.detach().clone() for k, v in module.policy.adapters["sensor"].projector.state_dict().items()}
+
+    def on_fit_start(self, trainer, pl_module):
+        PROBE["before"] = self._projector(pl_module)
+
+    def on_fit_end(self, trainer, pl_module):
+        PROBE["after"] = self._projector(pl_module)
+        PROBE["history"] = list(pl_module.val_history)
+        PROBE["val_loss"] = float(trainer.callback_metrics["val/loss"])
+
+
+def signal(shape: int, rng: random.Random) -> bytes:
+    """128 samples whose shape shows in every frame (so no frame order is needed to tell them apart)."""
+    t = np.linspace(0, 1, 128, dtype=np.float32)
+    noise = np.array([rng.gauss(0, 1) for _ in t], dtype=np.float32)
+    base = [np.full_like(t, -0.8), np.full_like(t, 0.8), np.sin(2 * np.pi * 16 * t + rng.uniform(0, 6)), noise][shape]
+    return ((base * rng.uniform(0.8, 1.2) + 0.05 * noise).astype("<f4")).tobytes()
+
+
+def shard(path, n: int, seed: int) -> str:
+    rng, samples = random.Random(seed), []
+    for i in range(n):
+        c = i % len(SHAPES)
+        r = (c + rng.randint(1, len(SHAPES) - 1)) % len(SHAPES)  # every shape chosen and rejected alike
+        samples.append(pair(f"s{seed}-{i:03d}", "<sensor>\nWhat does the signal look like?",
+                            f"It is {SHAPES[c]}.", f"It is {SHAPES[r]}.", sig=signal(c, rng)))
+    rng.shuffle(samples)
+    return write_shard(path, samples)
+
+
+def test_out_of_tree_adapter_trains(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    train = [shard(tmp_path / f"train-{i}.tar", 32, seed=i) for i in range(2)]
+    val = shard(tmp_path / "val.tar", 16, seed=99)
+    config = {
+        "seed_everything": 0,
+        "trainer": {"max_steps": 60, "max_epochs": -1, "val_check_interval": 60, "check_val_every_n_epoch": None,
+                    "num_sanity_val_steps": -1, "enable_progress_bar": False, "enable_checkpointing": False,
+                    "logger": False, "default_root_dir": str(tmp_path / "run"),
+                    "callbacks": [{"class_path": "test_extension.Probe"}]},
+        "model": {"lm": "assets/tiny-lm", "lr": 3.0e-3, "warmup_steps": 5,
+                  "export_dir": str(tmp_path / "export"),
+                  "adapters": {"sensor": {"class_path": "test_extension.SensorAdapter", "init_args": {"frames": 8}}},
+                  "losses": [{"name": "sigmoid", "weight": 1.0, "beta": 0.1}]},
+        "data": {"train_shards": train, "val_shards": val, "batch_size": 8, "num_workers": 0, "max_length": 128},
+    }
+    (tmp_path / "sensor.yaml").write_text(yaml.safe_dump(config))
+    PROBE.clear()
+    main(["fit", "--config", str(tmp_path / "sensor.yaml")])
+    out = capsys.readouterr().out
+
+    before, after = PROBE["before"], PROBE["after"]
+    assert before.keys() == after.keys()
+    assert all((after[k] - before[k]).abs().max() > 1e-3 for k in before)  # every projector tensor trained
+    first, last = PROBE["history"][0], PROBE["history"][-1]
+    assert first["step"] == 0 and first["ties"] == first["pairs"] == 16  # policy == reference before training
+    assert last["step"] == 60 and last["accuracy"] >= 0.75, PROBE["history"]
+    assert PROBE["val_loss"] < 0.6  # below log(2), the DPO loss of an untrained policy
+    assert "held-out reward accuracy" in out
+
+    from anyalign.export import load_aligned
+    reloaded = load_aligned(tmp_path / "export")
+    assert type(reloaded.adapters["sensor"]) is SensorAdapter
+    got = reloaded.adapters["sensor"].projector.state_dict()
+    assert all(torch.equal(got[k], after[k]) for k in after)
+
+
+def test_entry_point_adapter_is_found(monkeypatch):
+    import modalities.registry as registry
+
+    # registry.py binds importlib.metadata.entry_points by name at import, so that name is patched
+    eps = [EntryPoint(name="sensor", value="test_extension:SensorAdapter", group="anyalign.modalities")]
+    monkeypatch.setattr(registry, "entry_points", lambda group: eps if group == "anyalign.modalities" else [])
+    monkeypatch.setattr(registry, "ADAPTERS", dict(registry.ADAPTERS))
+    assert "sensor" not in registry.ADAPTERS
+    assert registry.get_adapter_class("sensor") is SensorAdapter
+    assert "sensor" in registry.load_entry_points()
+
+    eps[:] = [EntryPoint(name="bogus", value="test_extension:Probe", group="anyalign.modalities")]
+    with pytest.raises(TypeError, match="is not a ModalityAdapter"):
+        registry.get_adapter_class("bogus")
