@@ -62,12 +62,4 @@ class ImageAdapter(ModalityAdapter):
         return self.projector(self.tower(batch))
 
     def export(self, directory) -> dict:
-        self.tower.encoder.save_pretrained(directory / "encoder")
-        (directory / "encoder" / "preprocessor_config.json").write_text(_preprocessor_json(self.tower))
-        return {"encoder": str(directory / "encoder")}
-
-
-def _preprocessor_json(tower: VisionTower) -> str:
-    import json
-    return json.dumps({"image_mean": tower.mean, "image_std": tower.std,
-                       "size": {"height": tower.image_size, "width": tower.image_size}})
+        return {"encoder": self.tower.save(directory / "encoder")}

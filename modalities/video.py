@@ -129,7 +129,4 @@ class VideoAdapter(ModalityAdapter):
         return list(self.projector(torch.cat(clips)).split([len(c) for c in clips]))
 
     def export(self, directory) -> dict:
-        from .image import _preprocessor_json
-        self.tower.encoder.save_pretrained(directory / "encoder")
-        (directory / "encoder" / "preprocessor_config.json").write_text(_preprocessor_json(self.tower))
-        return {"encoder": str(directory / "encoder")}
+        return {"encoder": self.tower.save(directory / "encoder")}

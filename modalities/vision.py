@@ -90,6 +90,13 @@ class VisionTower(nn.Module):
     def tokens_per_image(self) -> int:
         return (self.grid // self.spatial_pool) ** 2
 
+    def save(self, directory: Path) -> str:
+        """Encoder weights and config plus its preprocessing, reloadable by this class."""
+        self.encoder.save_pretrained(directory)
+        cfg = {"image_mean": self.mean, "image_std": self.std, "size": {"height": self.image_size, "width": self.image_size}}
+        (Path(directory) / "preprocessor_config.json").write_text(json.dumps(cfg))
+        return str(directory)
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         h = self.encoder(pixel_values=pixels).last_hidden_state[:, self.skip_cls:]
         if self.spatial_pool > 1:
