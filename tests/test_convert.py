@@ -142,8 +142,13 @@ def write_jsonl(path: Path, rows: list) -> None:
             f.write((r if isinstance(r, bytes) else json.dumps(r).encode()) + b"\n")
 
 
+CONVERTED: dict[str, list[str]] = {}  # format -> shards written by the tests above, trained on at the end
+
+
 def run(fmt, source, out, **kw) -> dict:
-    return convert(fmt, str(source), str(out / "train-%03d.tar"), log=None, **kw)
+    summary = convert(fmt, str(source), str(out / "train-%03d.tar"), log=None, **kw)
+    CONVERTED.setdefault(fmt, []).extend(summary["shards"])
+    return summary
 
 
 # ---- jsonl (our schema, media as paths) ----
@@ -495,3 +500,32 @@ def test_resize_sharding_and_cli(tmp_path, root, capsys):
     assert e.value.code == 1 and not (tmp_path / "o2").exists()
     with pytest.raises(ValueError, match="shard number"):
         convert("jsonl", str(root / "r.jsonl"), str(tmp_path / "single.tar"), log=None)
+
+
+def test_zz_converted_shards_of_every_format_train(tmp_path, monkeypatch):
+    """Runs after the converter tests (file order): one epoch over everything they wrote."""
+    import tarfile
+
+    from anyalign.__main__ import main
+    from conftest import ROOT
+    formats = {"jsonl", "trl", "llamafactory", "swift", "rlaifv", "align_anything"}
+    if not formats <= set(CONVERTED):
+        pytest.skip("needs the converter tests of this file to have run first")
+    monkeypatch.chdir(ROOT)
+    keys_of = {}
+    for fmt, shards in CONVERTED.items():
+        for shard in shards:
+            with tarfile.open(shard) as tar:
+                keys_of.update({m.name.partition(".")[0]: fmt for m in tar if m.name.endswith(".json")})
+    log = tmp_path / "trained.jsonl"
+    adapters = {"image": {"class_path": "modalities.ImageAdapter"}, "video": {"class_path": "modalities.VideoAdapter"},
+                "audio": {"class_path": "modalities.AudioAdapter", "init_args": {"encoder": "assets/tiny-audio"}}}
+    main(["fit", "--config", "configs/image_dpo.yaml", "--data.train_shards", json.dumps(sorted(
+          s for shards in CONVERTED.values() for s in shards)), "--data.val_shards", "null",
+          "--model.adapters", json.dumps(adapters), "--trainer.max_epochs", "1", "--trainer.max_steps", "-1",
+          "--data.batch_size", "4", "--data.num_workers", "0", "--trainer.num_sanity_val_steps", "0",
+          "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path / "run"),
+          "--model.export_dir", "null", "--model.scheduler", "constant", "--trainer.callbacks",
+          json.dumps([{"class_path": "test_resume.Recorder", "init_args": {"path": str(log)}}])])
+    trained = {k for line in open(log) for k in json.loads(line)["keys"]}
+    assert formats <= {keys_of[k] for k in trained}, "some format's shards trained no sample"
