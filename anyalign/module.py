@@ -134,8 +134,11 @@ class AlignModule(L.LightningModule):
             ix = batch["index"]["completion"]
             r = (policy.logps[ix] - reference.logps[ix]).detach()
             d = batch["desirable"]
-            metrics |= {"rewards/desirable": r[d].mean(), "rewards/undesirable": r[~d].mean(),
-                        "rewards/accuracies": ((r > 0) == d).float().mean()}
+            metrics["rewards/accuracies"] = ((r > 0) == d).float().mean()
+            if d.any():  # a batch may hold one label only: no NaN means in the logs
+                metrics["rewards/desirable"] = r[d].mean()
+            if not d.all():
+                metrics["rewards/undesirable"] = r[~d].mean()
             correct = (((r > 0) == d).float(), r == 0)
         return loss, metrics, correct
 

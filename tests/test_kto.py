@@ -68,3 +68,15 @@ def test_skip_reasons_are_stable_text():
     from anyalign.data.pipeline import Skipped
     s = Skipped("u", "k", "[12:33:15] cannot open <_io.BytesIO object at 0x7f3a2c1b9e50>")
     assert s.reason == "cannot open <_io.BytesIO object>"
+
+
+def test_kto_metrics_have_no_nan_when_a_batch_has_one_label(tiny_lm, tiny_vit):
+    from anyalign.module import AlignModule
+    from modalities import ImageAdapter
+    module = AlignModule(lm=tiny_lm, adapters={"image": ImageAdapter(encoder=tiny_vit)}, losses=[{"name": "kto"}])
+    exs = [{"key": str(i), "prompt": [5, 6, 7], "responses": {"completion": [20 + i, 30]}, "desirable": True,
+            "media": {}} for i in range(3)]
+    batch = Collator("shared", 0, dict(module.policy.adapters.items()))(exs)
+    _, metrics, _ = module._step(batch, "train")
+    assert "rewards/undesirable" not in metrics
+    assert all(torch.isfinite(torch.as_tensor(v)).all() for v in metrics.values())
