@@ -1,6 +1,11 @@
-"""``python -m anyalign fit --config configs/video_dpo.yaml``: LightningCLI with OmegaConf interpolation."""
+"""``python -m anyalign fit --config configs/video_dpo.yaml``: LightningCLI with OmegaConf interpolation.
+
+``python -m anyalign precompute --config X`` writes the reference cache of ``model.reference: precomputed``
+(see ``anyalign/precompute.py``); every other subcommand is LightningCLI's (fit, validate, ...).
+"""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from lightning.fabric.plugins import CheckpointIO
@@ -37,6 +42,13 @@ class AlignCLI(LightningCLI):
 
 def main(args=None) -> None:
     load_entry_points()  # installed packages' adapters become known by class name
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv[:1] == ["precompute"]:  # reference log-probs for model.reference: precomputed
+        from .precompute import run
+        if args is None:  # LightningCLI reads sys.argv itself; it must not see the word "precompute"
+            sys.argv = [sys.argv[0], *argv[1:]]
+        run(None if args is None else argv[1:])
+        return
     AlignCLI(
         AlignModule,
         PreferenceDataModule,

@@ -45,6 +45,10 @@ class LossSpec:
         return frozenset(_INPUT.match(n).group(2) for n in self.inputs if n not in DATA_INPUTS)
 
     @property
+    def reference_sequences(self) -> frozenset[str]:
+        return frozenset(_INPUT.match(n).group(2) for n in self.inputs if n.startswith("reference_"))
+
+    @property
     def data_inputs(self) -> tuple[str, ...]:
         return tuple(n for n in self.inputs if n in DATA_INPUTS)
 

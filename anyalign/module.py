@@ -12,13 +12,29 @@ import lightning as L
 import torch
 
 from modalities import ModalityAdapter
+from modalities.corruptions import NEEDS_DONOR
 
 from .data.negatives import validate_negatives
 from .losses import DATA_INPUTS, LOSSES, validate_terms
+from .precompute import BATCH_DEPENDENT, StaleCache
 from .model import MultimodalLM
-from .reference import STRATEGIES, build_reference
+from .reference import STRATEGIES, PrecomputedReference, build_reference
 
 log = logging.getLogger("anyalign")
+
+
+def _check_precomputable(sequences: list[str], negatives: dict) -> None:
+    """Only values that depend on the sample alone can be stored per sample."""
+    for seq in sequences:
+        if seq in BATCH_DEPENDENT:
+            raise ValueError(f"model.reference=precomputed cannot store reference log-probs of {seq!r}: "
+                             f"{BATCH_DEPENDENT[seq]}; use frozen_copy or adapter_disabled")
+    if "chosen_corrupt" in sequences:
+        donors = [f"{m}.{op}" for m, ops in negatives.items() for op, _, _ in ops if op in NEEDS_DONOR]
+        if donors:
+            raise ValueError(f"model.reference=precomputed cannot store the conditional rows' reference log-probs "
+                             f"under model.negatives {donors}: those operators take their donor from the batch; "
+                             f"use operators that need no donor, or frozen_copy / adapter_disabled")
 
 
 class AlignModule(L.LightningModule):
@@ -29,6 +45,7 @@ class AlignModule(L.LightningModule):
         losses: list[dict] | None = None,
         negatives: dict[str, list[dict]] | None = None,
         reference: str = "auto",
+        reference_cache: str | None = None,
         lora: dict | None = None,
         lr: float = 1e-4,
         weight_decay: float = 0.0,
@@ -49,7 +66,10 @@ class AlignModule(L.LightningModule):
             negatives: corruption operators per modality for conditional negatives, e.g.
                 ``{video: [{op: reverse, p: 0.5}, {op: drop_segment, p: 0.5, fraction: 0.4}]}``.
             reference: ``frozen_copy``, ``adapter_disabled`` (LoRA: the policy with its LoRA switched off),
-                ``none``, or ``auto`` (adapter_disabled with LoRA, else frozen_copy, if a term needs one).
+                ``precomputed`` (read from ``reference_cache``), ``none``, or ``auto`` (adapter_disabled with
+                LoRA, else frozen_copy, if a term needs one).
+            reference_cache: directory of precomputed reference log-probs, written by
+                ``python -m anyalign precompute --config <this config>`` (for ``reference: precomputed``).
             lora: LoRA on the LM via peft, e.g. ``{r: 16, lora_alpha: 32, lora_dropout: 0.05}`` (any
                 ``peft.LoraConfig`` field; ``target_modules`` defaults to ``all-linear``).
             lr: AdamW learning rate.
@@ -78,10 +98,15 @@ class AlignModule(L.LightningModule):
         if scheduler not in ("cosine", "constant"):
             raise ValueError(f"model.scheduler={scheduler!r} is not one of ('cosine', 'constant')")
         self.sequences = sorted(set().union(*(LOSSES[t["name"]].sequences for t in self.terms)))
+        # the sequences the terms take from the reference model
+        ref_sequences = sorted(set().union(*(LOSSES[t["name"]].reference_sequences for t in self.terms)))
         self.policy = MultimodalLM(lm, dict(adapters or {}), attn_implementation, torch_dtype, chat_template,
                                    gradient_checkpointing, trust_remote_code, lora)
-        self.reference = build_reference(reference if needs_ref else "none", self.policy)
         self.negatives = validate_negatives(negatives, self.policy.adapters)
+        if reference == "precomputed" and needs_ref:
+            _check_precomputable(ref_sequences, self.negatives)
+        self.reference = build_reference(reference if needs_ref else "none", self.policy, reference_cache,
+                                         ref_sequences, torch_dtype)
         if "chosen_corrupt" in self.sequences and not self.negatives:
             names = [t["name"] for t in self.terms if "chosen_corrupt" in LOSSES[t["name"]].sequences]
             raise ValueError(f"loss term(s) {names} score the chosen response under corrupted media, but "
@@ -106,6 +131,8 @@ class AlignModule(L.LightningModule):
             return None
         policy = self.policy(batch)
         reference = self.reference(batch) if self.reference is not None else None
+        if isinstance(self.reference, PrecomputedReference):
+            self._check_cached_tokens(batch, policy, reference)
         loss, rewards, metrics = 0.0, None, {}
         for term in self.terms:
             spec = LOSSES[term["name"]]
@@ -141,6 +168,33 @@ class AlignModule(L.LightningModule):
                 metrics["rewards/undesirable"] = r[~d].mean()
             correct = (((r > 0) == d).float(), r == 0)
         return loss, metrics, correct
+
+    def _check_cached_tokens(self, batch, policy, reference) -> None:
+        for seq in self.reference.sequences:
+            ix = batch["index"].get(seq)
+            if ix is None:
+                continue
+            bad = (policy.tokens[ix] != reference.tokens[ix]).nonzero().flatten().tolist()
+            if bad:
+                raise StaleCache(f"reference cache {self.reference.cache.path}: {seq} of sample(s) "
+                                 f"{[batch['keys'][i] for i in bad]} has {int(policy.tokens[ix][bad[0]])} tokens now "
+                                 f"but {int(reference.tokens[ix][bad[0]])} when precomputed; recompute the cache")
+
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> list:
+        """``python -m anyalign precompute``: the initial policy's (= the reference's) log-probs per sample."""
+        self._record_skipped(batch, "predict")
+        if batch["num_sequences"] == 0:
+            return []
+        out = self.policy(batch)
+        seqs = self.reference.sequences
+        records = []
+        for i, key in enumerate(batch["keys"]):
+            ix = torch.stack([batch["index"][s][i] for s in seqs])
+            if bool((ix < 0).any()):
+                raise RuntimeError(f"precompute: sample {key} has no {seqs} row")
+            records.append((batch["urls"][i], key, batch["digests"][i], out.logps[ix].float().tolist(),
+                            out.tokens[ix].long().tolist()))
+        return records
 
     def training_step(self, batch: dict, batch_idx: int):
         out = self._step(batch, "train")
@@ -193,6 +247,10 @@ class AlignModule(L.LightningModule):
     def on_fit_start(self) -> None:
         if self.reference is not None:
             self.reference.to(self.device)
+        made = getattr(self.reference, "manifest", None)
+        if made and made.get("precision") != str(self.trainer.precision):
+            log.warning("reference log-probs in %s were computed at precision %s, this run trains at %s",
+                        self.reference.cache.path, made.get("precision"), self.trainer.precision)
 
     on_validation_start = on_test_start = on_predict_start = on_fit_start
 

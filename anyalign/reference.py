@@ -6,6 +6,8 @@
 - ``adapter_disabled``: for LoRA policies: the same weights with the LoRA adapters switched off and the
   modality adapters' trainable tensors (projectors) at their initial values, applied with
   ``functional_call`` from a snapshot of those tensors only. No second copy of the LM or encoders.
+- ``precomputed``: log-probs computed once before training by ``python -m anyalign precompute`` and read
+  next to each sample by the data workers (``anyalign/precompute.py``); no reference model in memory.
 - ``none``: reference-free losses only; no second model is built.
 """
 from __future__ import annotations
@@ -17,8 +19,9 @@ from torch.func import functional_call
 
 from .logprobs import SeqLogps
 from .model import MultimodalLM
+from .precompute import ReferenceCache, StaleCache, model_fingerprint, template_fingerprint
 
-STRATEGIES = ("frozen_copy", "adapter_disabled", "none")
+STRATEGIES = ("frozen_copy", "adapter_disabled", "precomputed", "none")
 
 
 class FrozenCopy:
@@ -57,7 +60,59 @@ class AdapterDisabled:
             self.policy.train(was_training)
 
 
-def build_reference(strategy: str, policy: MultimodalLM):
+class PrecomputedReference:
+    """Reference values carried by the batch (``reference_logps``/``reference_tokens``, one per sequence),
+    looked up by the data workers in the cache. Holds fingerprints of the initial policy, no model."""
+
+    def __init__(self, policy: MultimodalLM, cache: str, sequences: list[str], torch_dtype: str):
+        self.sequences = sorted(sequences)
+        self.model_fp = model_fingerprint(policy, torch_dtype)
+        self.template_fp = template_fingerprint(policy)
+        self.cache = ReferenceCache(cache, "")
+        self.manifest: dict | None = None
+
+    def check(self, data_fp: dict) -> dict:
+        """Refuse a cache made for another model, template or data settings; returns its manifest."""
+        manifest = self.cache.load_manifest()
+        missing = sorted(set(self.sequences) - set(manifest["sequences"]))
+        if missing:
+            raise StaleCache(f"reference cache {self.cache.path} holds {manifest['sequences']}, but the loss terms "
+                             f"need reference log-probs of {missing}; recompute it with this run's config")
+        stored = manifest["fingerprint"]
+        run = {"model": self.model_fp, "template": self.template_fp, "data": data_fp}
+        for part in ("model", "template", "data"):
+            if stored.get(part) != run[part]:
+                if part == "data":
+                    diff = sorted(k for k in set(stored["data"]) | set(data_fp) if stored["data"].get(k) != data_fp.get(k))
+                    what = f"data settings {diff} differ (cache {[stored['data'].get(k) for k in diff]}, " \
+                           f"this run {[data_fp.get(k) for k in diff]})"
+                else:
+                    what = (f"the {part} differs (cache {stored.get(part, '?')[:12]}, this run {run[part][:12]}"
+                            + ("; the initial policy's weights, LM dtype or adapter settings changed, or the seed"
+                               if part == "model" else "; chat template or tokenizer changed") + ")")
+                raise StaleCache(f"reference cache {self.cache.path} was computed for another run: {what}; recompute "
+                                 f"it with `python -m anyalign precompute` and this run's config")
+        self.cache.fingerprint = stored["all"]
+        self.manifest = manifest
+        return manifest
+
+    def to(self, device: torch.device) -> "PrecomputedReference":
+        return self
+
+    def __call__(self, batch: dict) -> SeqLogps:
+        if "reference_logps" not in batch:
+            raise RuntimeError("model.reference=precomputed, but the batch carries no reference log-probs: use "
+                               "anyalign's PreferenceDataModule, bound to this module")
+        return SeqLogps(batch["reference_logps"], batch["reference_tokens"])
+
+
+def build_reference(strategy: str, policy: MultimodalLM, cache: str | None = None, sequences: list[str] = (),
+                    torch_dtype: str = "float32"):
+    if strategy == "precomputed":
+        if not cache:
+            raise ValueError("model.reference=precomputed needs model.reference_cache: the directory written by "
+                             "`python -m anyalign precompute`")
+        return PrecomputedReference(policy, cache, list(sequences), torch_dtype)
     if strategy == "frozen_copy":
         return FrozenCopy(policy)
     if strategy == "adapter_disabled":

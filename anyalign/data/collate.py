@@ -83,6 +83,17 @@ def conditional_rows(examples: list[dict], corrupted: list[dict]) -> list[tuple]
             for i, (ex, media) in enumerate(zip(examples, corrupted))]
 
 
+def add_reference(batch: dict, examples: list[dict]) -> None:
+    """Precomputed reference values, aligned with the batch's sequences (NaN / -1 where none is stored)."""
+    logps = torch.full((batch["num_sequences"],), float("nan"))
+    tokens = torch.full((batch["num_sequences"],), -1.0)
+    for name, ix in batch["index"].items():
+        for i, ex in enumerate(examples):
+            if ix[i] >= 0 and name in ex["reference"]:
+                logps[ix[i]], tokens[ix[i]] = ex["reference"][name]
+    batch["reference_logps"], batch["reference_tokens"] = logps, tokens
+
+
 class Collator:
     """Picklable collate for the data workers: examples -> batch dict. With ``negatives`` (a validated
     spec), each pair also gets a row scoring its chosen response under corrupted media."""
@@ -100,6 +111,11 @@ class Collator:
             rows += conditional_rows(examples, corrupt_examples(examples, self.negatives, self.adapters, self.seed))
         batch = collate_rows(rows, self.pad_id, self.adapters, len(examples), self.multiple)
         batch["keys"] = [ex["key"] for ex in examples]
+        batch["urls"] = [ex.get("url", "") for ex in examples]
+        if "digest" in examples[0]:
+            batch["digests"] = [ex["digest"] for ex in examples]
+        if "reference" in examples[0]:
+            add_reference(batch, examples)
         if "desirable" in examples[0]:
             batch["desirable"] = torch.tensor([ex["desirable"] for ex in examples])
         return batch

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from modalities import BadSample
 
+from ..precompute import attach_reference
 from .collate import LAYOUTS, Collator
 from .pipeline import (PreferenceStream, batched, check_kind, decode, rank_and_world, tokenize, unpair,
                        worker_init)
@@ -199,39 +200,62 @@ class PreferenceDataModule(L.LightningDataModule):
         self.num_workers, self.shuffle_buffer, self.max_length = num_workers, shuffle_buffer, max_length
         self.layout, self.pad_to_multiple_of = layout, pad_to_multiple_of
         self.samples_per_epoch, self.seed, self.unpair = samples_per_epoch, seed, unpair
-        self.model = None
+        self.model, self.reference = None, None
         self.negatives, self.train_negatives, self.unpaired = None, False, False
         self.preflight_max_bad_fraction, self.preflight_report = preflight_max_bad_fraction, None
 
     def bind(self, model, negatives: dict | None = None, train_negatives: bool = False,
-             unpaired: bool = False) -> None:
+             unpaired: bool = False, reference=None) -> None:
         """Take the tokenizer and the adapters' preprocessing from the model (a MultimodalLM), and the
         validated negatives spec; training batches carry corrupted-media rows only if a loss term needs
-        them, validation batches whenever negatives are configured (to measure media reliance)."""
+        them, validation batches whenever negatives are configured (to measure media reliance). With a
+        precomputed ``reference``, its cache is checked against this data here, before any training."""
         self.model, self.negatives, self.train_negatives = model, negatives, train_negatives
         self.unpaired = unpaired  # the loss terms train on unpaired samples (KTO)
+        self.reference = reference if hasattr(reference, "cache") else None
+        if self.reference is not None:
+            self.reference.check(self.reference_fingerprint(self.reference.sequences))
+
+    def reference_fingerprint(self, sequences: list[str]) -> dict:
+        """The data settings precomputed reference log-probs depend on (the rest is per sample)."""
+        fp = {"max_length": self.max_length, "unpair": self.unpair}
+        if "chosen_corrupt" in sequences:  # the conditional rows' corruption is drawn from (seed, key)
+            fp |= {"seed": self.seed, "negatives": {m: [list(x) for x in ops] for m, ops in (self.negatives or {}).items()}}
+        return fp
+
+    def all_urls(self) -> list[str]:
+        return list(dict.fromkeys(self.train_urls + self.val_urls))
+
+    def precompute_dataloader(self):
+        """Every training and held-out shard once, in order, with each sample's digest (for precompute)."""
+        negatives = self.negatives if self.train_negatives else None
+        stream = PreferenceStream(self.all_urls(), self._process(self.val_batch_size, negatives, digest=True),
+                                  False, 1, self.seed)
+        return EpochLoader(stream, num_workers=self.num_workers, worker_init_fn=worker_init, persistent_workers=False)
 
     def setup(self, stage: str) -> None:
         if self.model is None:
             module = self.trainer.lightning_module
             self.bind(module.policy, module.negatives, "chosen_corrupt" in module.sequences,
-                      "completion" in module.sequences)
+                      "completion" in module.sequences, module.reference)
             check_sample_kind(self.train_urls, "data.train_shards", module.sequences, self.unpair)
         if stage == "fit" and self.preflight_max_bad_fraction is not None and self.preflight_report is None:
             from .inspect import example_stages, preflight  # imported here: inspect imports this module
             self.preflight_report = preflight(self.train_urls, example_stages(self), self.preflight_max_bad_fraction,
                                               self.num_workers)
 
-    def _process(self, batch_size: int, negatives: dict | None = None):
+    def _process(self, batch_size: int, negatives: dict | None = None, digest: bool = False):
         m = self.model
         adapters = dict(m.adapters.items())
         tok = PreferenceTokenizer(m.tokenizer, m.media_token_ids, self.max_length)
         collate = Collator(self.layout, m.tokenizer.pad_token_id, adapters, self.pad_to_multiple_of, negatives, self.seed)
+        cache = self.reference.cache if self.reference is not None else None
         return Compose([
-            partial(decode, adapters=adapters),                    # raw sample -> media tensors
+            partial(decode, adapters=adapters, digest=digest or cache is not None),  # raw sample -> media tensors
             *([unpair] if self.unpair else []),                    # pair -> two unpaired samples
             partial(check_kind, unpaired=self.unpaired),           # the other kind of sample is bad
             partial(tokenize, tokenizer=tok, adapters=adapters),   # -> token ids, placeholders expanded
+            *([partial(attach_reference, cache=cache)] if cache is not None else []),  # stored reference values
             partial(batched, batch_size=batch_size, collate=collate),  # examples -> batches
         ])
 

@@ -20,6 +20,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from modalities import BadSample
 
+from ..precompute import sample_digest
 from .schema import media_fields, parse_record
 
 
@@ -90,8 +91,9 @@ def shuffle_buffer(src: Iterator, size: int, rng: random.Random) -> Iterator:
     yield from buf
 
 
-def decode(src: Iterator, adapters: dict) -> Iterator[dict | Skipped]:
-    """Raw sample -> ``{"key", "url", "messages", "responses", "media": {modality: [tensor, ...]}}``."""
+def decode(src: Iterator, adapters: dict, digest: bool = False) -> Iterator[dict | Skipped]:
+    """Raw sample -> ``{"key", "url", "messages", "responses", "media": {modality: [tensor, ...]}}``, plus
+    the raw members' ``digest`` if asked (to match precomputed reference log-probs to their sample)."""
     for raw in src:
         if isinstance(raw, Skipped):
             yield raw
@@ -110,7 +112,8 @@ def decode(src: Iterator, adapters: dict) -> Iterator[dict | Skipped]:
                 if fields:
                     adapter.check_items(len(fields))
                     media[modality] = [adapter.preprocess(adapter.decode(raw[f], ext)) for f, ext in fields]
-            yield {"key": key, "url": url, **record, "media": media}
+            extra = {"digest": sample_digest(raw)} if digest else {}
+            yield {"key": key, "url": url, **record, "media": media, **extra}
         except BadSample as e:
             yield Skipped(url, key, str(e))
         except Exception as e:  # an unexpected decoder failure must not stop training
@@ -151,7 +154,7 @@ def tokenize(src: Iterator, tokenizer, adapters: dict) -> Iterator[dict | Skippe
         except BadSample as e:
             yield Skipped(ex["url"], ex["key"], str(e))
             continue
-        extra = {"desirable": ex["desirable"]} if "desirable" in ex else {}
+        extra = {k: ex[k] for k in ("desirable", "digest") if k in ex}
         yield {"key": ex["key"], "url": ex["url"], "media": ex["media"], **ids, **extra}
 
 
