@@ -45,9 +45,7 @@ def main(args=None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
     if argv[:1] == ["precompute"]:  # reference log-probs for model.reference: precomputed
         from .precompute import run
-        if args is None:  # LightningCLI reads sys.argv itself; it must not see the word "precompute"
-            sys.argv = [sys.argv[0], *argv[1:]]
-        run(None if args is None else argv[1:])
+        run(argv[1:])  # sys.argv stays as it is: Lightning re-runs it to start the other DDP ranks
         return
     AlignCLI(
         AlignModule,

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -180,7 +181,7 @@ class CacheWriter:
         return n
 
 
-def run(args: list[str] | None = None) -> None:
+def run(args: list[str]) -> None:
     """``python -m anyalign precompute --config X [overrides]``: write model.reference_cache for config X."""
     import lightning as L
 
@@ -189,8 +190,10 @@ def run(args: list[str] | None = None) -> None:
     from .module import AlignModule
     from .reference import PrecomputedReference
 
-    cli = AlignCLI(AlignModule, PreferenceDataModule, run=False, seed_everything_default=0,
-                   parser_kwargs={"parser_mode": "omegaconf"}, args=args)
+    with warnings.catch_warnings():  # args are sys.argv minus the word "precompute", on purpose
+        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
+        cli = AlignCLI(AlignModule, PreferenceDataModule, run=False, seed_everything_default=0,
+                       parser_kwargs={"parser_mode": "omegaconf"}, args=args)
     module, data, trainer = cli.model, cli.datamodule, cli.trainer
     ref = module.reference
     if not isinstance(ref, PrecomputedReference):

@@ -135,3 +135,41 @@ def test_token_counts_are_checked(image_model):
 def test_batch_dependent_sequences_refused(shards, extra, message):
     with pytest.raises(ValueError, match=message):
         main(_args("precompute", shards, shards / "cache", *extra))
+
+
+@pytest.mark.parametrize("layout", ["3 shards", "1 shard"])
+def test_two_ranks_precompute_what_one_does(shards, layout):
+    """DDP with two gloo processes: with 3 shards each rank writes the shards it read (2 on rank 0, 1 on
+    rank 1); with 1 shard both read it and keep every other sample, writing a part each. Together the
+    parts hold every sample once, with the single process's values."""
+    import os
+    import subprocess
+    import sys
+
+    from anyalign.precompute import ReferenceCache
+    from test_distributed import free_port
+    one, two = shards / "one", shards / "two"
+    shutil.copy(ROOT / "assets/data/image/train-001.tar", shards / "train-001.tar")
+    urls = [str(shards / n) for n in ("train-000.tar", "train-001.tar", "val-000.tar")]
+    data = (["--data.train_shards", json.dumps(urls[:2])] if layout == "3 shards"
+            else ["--data.train_shards", urls[0], "--data.val_shards", "null"])
+    urls = urls if layout == "3 shards" else urls[:1]
+    main(_args("precompute", shards, one, *data))
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "anyalign", *_args("precompute", shards, two, *data), "--trainer.accelerator", "cpu",
+           "--trainer.strategy", "ddp", "--trainer.devices", "2"]
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-4000:]
+    parts = sorted(p.name for p in (two / "shards").iterdir())
+    assert {p.split(".")[-2] for p in parts} == {"r0", "r1"}  # each rank wrote what it read
+    assert len(parts) == (3 if layout == "3 shards" else 2)
+    a, b = ReferenceCache(str(one), ""), ReferenceCache(str(two), "")
+    a.fingerprint = json.loads((one / "manifest.json").read_text())["fingerprint"]["all"]
+    b.fingerprint = json.loads((two / "manifest.json").read_text())["fingerprint"]["all"]
+    assert a.fingerprint == b.fingerprint
+    for url in urls:
+        ea, eb = a._load_shard(url), b._load_shard(url)
+        assert sorted(ea) == sorted(eb) and len(ea) == 64
+        for key, (digest, lp, tk) in ea.items():
+            assert eb[key][0] == digest and eb[key][2] == tk
+            assert eb[key][1] == pytest.approx(lp, abs=1e-4)

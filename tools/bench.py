@@ -1,4 +1,4 @@
-"""Benchmark training steps: shared vs concatenated layout, with and without a reference model.
+"""Benchmark training steps: shared vs concatenated layout; reference model frozen, precomputed or none.
 
     python tools/bench.py --config configs/video_dpo.yaml [--steps 10 --warmup 3 --repeats 3] [-- overrides]
 
@@ -7,21 +7,26 @@ same pre-loaded batches (data loading is not timed): warm-up steps, then ``repea
 ``steps`` optimizer steps each (forward, reference forward if any, backward, AdamW step). Prints
 samples/s (pairs), tokens/s (non-padding positions the LM processed, media included), peak memory
 (CUDA allocator peak on GPU, process max RSS on CPU) and each variant's speed relative to the
-concatenated layout with a frozen reference.
+concatenated layout with a frozen reference. The ``precomputed`` variant first runs
+``python -m anyalign precompute`` into a temporary cache (a one-off cost, timed and printed apart).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 VARIANTS = {
     "concatenated+frozen_copy": ["--data.layout", "concatenated", "--model.reference", "frozen_copy"],
     "shared+frozen_copy": ["--data.layout", "shared", "--model.reference", "frozen_copy"],
+    "shared+precomputed": ["--data.layout", "shared", "--model.reference", "precomputed", "--model.reference_cache",
+                           "{cache}"],
     "concatenated+none(sft)": ["--data.layout", "concatenated", "--model.losses", '[{"name": "sft"}]'],
     "shared+none(sft)": ["--data.layout", "shared", "--model.losses", '[{"name": "sft"}]'],
 }
@@ -44,7 +49,7 @@ def run_variant(config: str, extra: list[str], steps: int, warmup: int, repeats:
     module.to(device)
     if module.reference is not None:
         module.reference.to(device)
-    data.bind(module.policy, module.negatives, "chosen_corrupt" in module.sequences)
+    data.bind(module.policy, module.negatives, "chosen_corrupt" in module.sequences, reference=module.reference)
     batches = []
     for batch in data.train_dataloader():
         batches.append(module.transfer_batch_to_device(batch, device, 0))
@@ -98,16 +103,30 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("overrides", nargs="*", help="config overrides after --, e.g. -- --data.batch_size 4")
+    ap.add_argument("--cache", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(run_variant(args.config, VARIANTS[args.child] + args.overrides, args.steps, args.warmup,
+        extra = [a.replace("{cache}", args.cache or "") for a in VARIANTS[args.child]]
+        print(json.dumps(run_variant(args.config, extra + args.overrides, args.steps, args.warmup,
                                      args.repeats, args.threads)))
         return
-    results = {}
-    for name in args.variants.split(","):
+    results, notes = {}, []
+    names = args.variants.split(",")
+    cache = tempfile.mkdtemp(prefix="anyalign-bench-cache-")
+    if any("{cache}" in VARIANTS[n] for n in names):
+        t0 = time.perf_counter()
+        out = subprocess.run([sys.executable, "-m", "anyalign", "precompute", "--config", args.config,
+                              "--model.reference", "precomputed", "--model.reference_cache", cache,
+                              "--trainer.logger", "false", "--trainer.enable_progress_bar", "false", *args.overrides],
+                             capture_output=True, text=True)
+        if out.returncode:
+            sys.exit(f"precompute failed:\n{out.stderr[-3000:]}")
+        notes.append(f"precompute (one-off, all train + val shards, default threads): {time.perf_counter() - t0:.1f} s "
+                     f"wall, process start included: {out.stdout.strip().splitlines()[-1]}")
+    for name in names:
         cmd = [sys.executable, __file__, "--config", args.config, "--steps", str(args.steps), "--warmup",
                str(args.warmup), "--repeats", str(args.repeats), "--threads", str(args.threads), "--child", name,
-               "--", *args.overrides]
+               "--cache", cache, "--", *args.overrides]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode:
             sys.exit(f"variant {name} failed:\n{out.stderr[-3000:]}")
@@ -122,6 +141,9 @@ def main() -> None:
     for name, r in results.items():
         ratio = f"{r['samples_per_s'] / base['samples_per_s']:.2f}x" if base else "-"
         print(f"{name:28s} {r['samples_per_s']:10.1f} {r['tokens_per_s']:10.0f} {r['peak_mib']:9.0f} {ratio:>13s}")
+    for note in notes:
+        print(note)
+    shutil.rmtree(cache, ignore_errors=True)
 
 
 if __name__ == "__main__":
