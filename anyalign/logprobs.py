@@ -16,6 +16,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask
+
+
+def _allowed(q_role, k_role, q_idx, k_idx):
+    """The slot rule, elementwise on broadcastable tensors: a query attends earlier-or-same positions of the
+    prompt and of its own slot. Shared by the dense mask and the flex ``mask_mod`` so the two cannot drift."""
+    visible = (k_idx <= q_idx) & (q_role >= 0) & (k_role >= 0) & ((k_role == 0) | (k_role == q_role))
+    # padding queries see themselves only, so no softmax row is empty (empty rows give NaN under SDPA)
+    return visible | ((k_idx == q_idx) & (q_role < 0))
 
 
 def attention_mask_4d(roles: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -23,14 +32,28 @@ def attention_mask_4d(roles: torch.Tensor, dtype: torch.dtype = torch.float32) -
 
     Float, not boolean: a boolean 4-D mask is silently wrong under eager attention in transformers 5.
     """
-    q, k = roles.unsqueeze(2), roles.unsqueeze(1)  # [N, T, 1], [N, 1, T]
-    t = roles.shape[1]
-    causal = torch.ones(t, t, dtype=torch.bool, device=roles.device).tril()
-    allowed = causal & (k >= 0) & (q >= 0) & ((k == 0) | (k == q))
-    # padding queries see themselves only, so no softmax row is empty (empty rows give NaN under SDPA)
-    allowed |= torch.eye(t, dtype=torch.bool, device=roles.device) & (q < 0)
+    idx = torch.arange(roles.shape[1], device=roles.device)
+    allowed = _allowed(roles.unsqueeze(2), roles.unsqueeze(1), idx[:, None], idx[None, :])
     mask = torch.zeros(allowed.shape, dtype=dtype, device=roles.device)
     return mask.masked_fill_(~allowed, torch.finfo(dtype).min).unsqueeze(1)
+
+
+_compiled_create_block_mask = torch.compile(create_block_mask)
+
+
+def attention_block_mask(roles: torch.Tensor) -> BlockMask:
+    """The same rule as a flex-attention ``BlockMask``: block-sparse, so the kernel skips the blocks where one
+    slot would see another and no ``[rows, T, T]`` tensor is kept.
+
+    Compiled on CUDA, where the eager builder would materialise the dense boolean mask on the way; eager on
+    CPU, where compiling costs more than the mask (and flex attention is forward-only there anyway).
+    """
+    def mask_mod(b, h, q_idx, kv_idx):
+        return _allowed(roles[b, q_idx], roles[b, kv_idx], q_idx, kv_idx)
+
+    rows, length = roles.shape
+    build = _compiled_create_block_mask if roles.is_cuda else create_block_mask
+    return build(mask_mod, rows, None, length, length, device=roles.device)
 
 
 @dataclass

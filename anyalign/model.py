@@ -5,19 +5,32 @@ and the embedding matrix is resized. The data pipeline expands every placeholder
 of that token; here the LM's input embeddings at those positions are replaced, in order, by the adapter's
 output, and the LM runs on ``inputs_embeds``. Each batch's media are encoded once, whatever the number
 of responses that share them.
+
+Rows with several responses (the shared layout) need the slot mask of ``anyalign/logprobs.py``: a dense
+float 4-D mask under ``sdpa``/``eager``, a block-sparse ``BlockMask`` under ``flex_attention``. Both go
+to the decoder as prebuilt 4-D masks, which transformers passes to every layer untouched
+(``masking_utils._preprocess_mask_arguments``); a mask is always given, so the position ids, which restart
+at each slot, are never read as packed sequences (transformers only looks for those without a mask).
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from modalities import ModalityAdapter
 from modalities.base import check_pretrained
 
-from .logprobs import SeqLogps, attention_mask_4d, gather_logps
+from .logprobs import SeqLogps, attention_block_mask, attention_mask_4d, gather_logps
+
+log = logging.getLogger("anyalign")
+
+# attention kernels that apply a custom mask per (query, key) pair; flash kernels take padding only
+SHARED_LAYOUT_ATTENTION = ("sdpa", "eager", "flex_attention")
 
 
 class MultimodalLM(nn.Module):
@@ -32,10 +45,13 @@ class MultimodalLM(nn.Module):
         trust_remote_code: bool = False,
         lora: dict | None = None,
     ):
+        """``attn_implementation``: any transformers kernel, or ``auto`` (see ``configure_attention``)."""
         super().__init__()
         check_pretrained(lm, "language model")
+        self.attn_request = attn_implementation
         self.lm = AutoModelForCausalLM.from_pretrained(
-            lm, attn_implementation=attn_implementation, dtype=getattr(torch, torch_dtype),
+            lm, attn_implementation="sdpa" if attn_implementation == "auto" else attn_implementation,
+            dtype=getattr(torch, torch_dtype),
             trust_remote_code=trust_remote_code)
         self.tokenizer = AutoTokenizer.from_pretrained(lm, trust_remote_code=trust_remote_code)
         if chat_template is not None:
@@ -81,13 +97,73 @@ class MultimodalLM(nn.Module):
             embeds = embeds.masked_scatter(where.unsqueeze(-1), feats.to(embeds.dtype))
         return embeds
 
+    @property
+    def attn_implementation(self) -> str:
+        """The kernel the decoder runs now (``auto`` resolved)."""
+        return self.lm.get_decoder().config._attn_implementation
+
+    def configure_attention(self, device: torch.device | str) -> str:
+        """Resolve ``auto`` for the device the model runs on; an explicit implementation is left as it is.
+
+        ``auto`` is flex attention on CUDA (the slot mask stays block-sparse: no ``[rows, T, T]`` tensor) and
+        SDPA with the dense float mask elsewhere: flex attention has no backward on CPU. Flex is skipped for
+        an LM without flex support or with attention dropout (which transformers' flex path refuses). The
+        model is built on CPU, so this runs once it is on its device, on the policy and on any deep copy
+        of it (a frozen reference). Returns the implementation in use.
+        """
+        if self.attn_request == "auto":
+            flex = (torch.device(device).type == "cuda"
+                    and getattr(self.lm.get_decoder(), "_supports_flex_attn", False)
+                    and not getattr(self.lm.config.get_text_config(), "attention_dropout", 0.0))
+            want = "flex_attention" if flex else "sdpa"
+            if want != self.attn_implementation:
+                self.lm.set_attn_implementation(want)
+                log.info("attn_implementation=auto on %s: %s", device, self.attn_implementation)
+        return self.attn_implementation
+
+    def shared_layout_unsupported_reason(self) -> str | None:
+        """None if rows with several responses compute what separate forwards would, else why not (one line):
+        the kernel must apply a custom mask, and every layer must be plain causal attention, since the one
+        prebuilt mask replaces the sliding-window / chunked masks transformers would build per layer type."""
+        impl = self.attn_implementation
+        if impl not in SHARED_LAYOUT_ATTENTION:
+            return (f"attn_implementation={impl!r} cannot take the shared layout's 4-D mask "
+                    f"(supported: {', '.join(SHARED_LAYOUT_ATTENTION)})")
+        text = self.lm.config.get_text_config()
+        layer_types = getattr(text, "layer_types", None)
+        if layer_types is not None:  # e.g. sliding_attention, chunked_attention, linear_attention
+            other = sorted(set(layer_types) - {"full_attention"})
+        else:  # older configs declare a window for every layer (Mistral)
+            other = [k for k in ("sliding_window", "attention_chunk_size") if getattr(text, k, None)]
+        if other:
+            return (f"the LM's attention is not plain causal in every layer ({', '.join(other)}), and the shared "
+                    "layout's one mask would replace its per-layer masks")
+        return None
+
+    def attention_mask(self, batch: dict, dtype: torch.dtype) -> torch.Tensor | BlockMask:
+        """The decoder's mask for this batch, built once per (kernel, dtype, device) and kept in the batch
+        under ``_attn_mask``: the reference forward on the same batch reuses the policy's."""
+        roles = batch["roles"]
+        key = (self.attn_implementation, dtype, roles.device)
+        cache = batch.setdefault("_attn_mask", {})
+        if key not in cache:
+            cache[key] = self._build_mask(roles, dtype)
+        return cache[key]
+
+    def _build_mask(self, roles: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | BlockMask:
+        if int(roles.max()) <= 1:  # one response per row: a plain padding mask keeps the fast causal kernels
+            return (roles >= 0).long()
+        reason = self.shared_layout_unsupported_reason()  # several responses share a row: slots blocked apart
+        if reason is not None:
+            raise ValueError(f"this batch puts several responses in one row (the shared layout), but {reason}; "
+                             "set data.layout: concatenated")
+        if self.attn_implementation == "flex_attention":
+            return attention_block_mask(roles)
+        return attention_mask_4d(roles, dtype)
+
     def forward(self, batch: dict) -> SeqLogps:
         embeds = self.embed(batch["input_ids"], batch["media"])
-        roles = batch["roles"]
-        if int(roles.max()) > 1:  # several responses share a row: block the slots from each other
-            mask = attention_mask_4d(roles, embeds.dtype)
-        else:  # one response per row: a plain padding mask keeps the fast causal kernels
-            mask = (roles >= 0).long()
+        mask = self.attention_mask(batch, embeds.dtype)
         hidden = self.lm.get_decoder()(inputs_embeds=embeds, attention_mask=mask,
                                        position_ids=batch["position_ids"], use_cache=False).last_hidden_state
         return gather_logps(hidden, self.lm.get_output_embeddings(), batch, self.softcap)

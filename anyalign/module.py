@@ -18,7 +18,7 @@ from .data.negatives import validate_negatives
 from .losses import DATA_INPUTS, LOSSES, validate_terms
 from .precompute import BATCH_DEPENDENT, StaleCache
 from .model import MultimodalLM
-from .reference import STRATEGIES, PrecomputedReference, build_reference
+from .reference import STRATEGIES, FrozenCopy, PrecomputedReference, build_reference
 
 log = logging.getLogger("anyalign")
 
@@ -76,7 +76,10 @@ class AlignModule(L.LightningModule):
             weight_decay: AdamW weight decay.
             warmup_steps: linear warm-up steps.
             scheduler: ``cosine`` (decay to 0 at trainer.max_steps) or ``constant`` after warm-up.
-            attn_implementation: LM attention kernel: ``sdpa`` or ``eager``.
+            attn_implementation: LM attention kernel: ``sdpa`` (default), ``eager``, ``flex_attention``
+                (block-sparse slot mask, no dense ``[rows, T, T]`` mask; CUDA, as flex has no backward on
+                CPU), or ``auto`` (flex attention on CUDA when the LM supports it, else sdpa). Kernels that
+                cannot take the shared layout's mask (``flash_attention_2``) train the concatenated layout.
             torch_dtype: dtype the LM is loaded in (``float32``, ``bfloat16``).
             chat_template: Jinja chat template (string or ``.jinja`` file) replacing the tokenizer's.
             gradient_checkpointing: recompute LM activations in backward to save memory.
@@ -131,6 +134,7 @@ class AlignModule(L.LightningModule):
             return None
         policy = self.policy(batch)
         reference = self.reference(batch) if self.reference is not None else None
+        batch.pop("_attn_mask", None)  # the policy and reference forwards shared it; free it before backward
         if isinstance(self.reference, PrecomputedReference):
             self._check_cached_tokens(batch, policy, reference)
         loss, rewards, metrics = 0.0, None, {}
@@ -245,6 +249,9 @@ class AlignModule(L.LightningModule):
 
     # ---- devices, optimizer, callbacks ----
     def on_fit_start(self) -> None:
+        self.policy.configure_attention(self.device)  # attn_implementation=auto, resolved on the real device
+        if isinstance(self.reference, FrozenCopy):  # a deep copy made on CPU: its own config to resolve
+            self.reference.model.configure_attention(self.device)
         if self.reference is not None:
             self.reference.to(self.device)
         made = getattr(self.reference, "manifest", None)

@@ -47,8 +47,11 @@ def run_variant(config: str, extra: list[str], steps: int, warmup: int, repeats:
     module, data = cli.model, cli.datamodule
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module.to(device)
+    module.policy.configure_attention(device)  # attn_implementation=auto: flex attention on CUDA
     if module.reference is not None:
         module.reference.to(device)
+        if hasattr(module.reference, "model"):
+            module.reference.model.configure_attention(device)
     data.bind(module.policy, module.negatives, "chosen_corrupt" in module.sequences, reference=module.reference)
     batches = []
     for batch in data.train_dataloader():

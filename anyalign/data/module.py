@@ -10,6 +10,7 @@ shards, cycling them if needed, for ``samples_per_epoch // (world_size * batch_s
 """
 from __future__ import annotations
 
+import logging
 import tarfile
 from functools import partial
 from pathlib import Path
@@ -26,6 +27,8 @@ from .pipeline import (PreferenceStream, batched, check_kind, decode, rank_and_w
                        worker_init)
 from .schema import is_unpaired, parse_record
 from .template import PreferenceTokenizer
+
+log = logging.getLogger("anyalign")
 
 
 def expand_shards(spec: str | list[str] | None, key: str) -> list[str]:
@@ -213,6 +216,11 @@ class PreferenceDataModule(L.LightningDataModule):
         self.model, self.negatives, self.train_negatives = model, negatives, train_negatives
         self.unpaired = unpaired  # the loss terms train on unpaired samples (KTO)
         self.reference = reference if hasattr(reference, "cache") else None
+        reason = model.shared_layout_unsupported_reason() if self.layout == "shared" else None
+        if reason is not None:
+            log.warning("data.layout=shared needs a 4-D attention mask, but %s: training with data.layout="
+                        "concatenated (prompt and media duplicated per response)", reason)
+            self.layout = "concatenated"
         if self.reference is not None:
             self.reference.check(self.reference_fingerprint(self.reference.sequences))
 
