@@ -6,8 +6,9 @@ Each variant runs in its own process (so peak memory is its own), on the same mo
 same pre-loaded batches (data loading is not timed): warm-up steps, then ``repeats`` timed runs of
 ``steps`` optimizer steps each (forward, reference forward if any, backward, AdamW step). Prints
 samples/s (pairs), tokens/s (non-padding positions the LM processed, media included), peak memory
-(CUDA allocator peak on GPU, process max RSS on CPU) and each variant's speed relative to the
-concatenated layout with a frozen reference. The ``precomputed`` variant first runs
+(CUDA allocator peak on GPU, process max RSS on CPU), the reference model's tensors held in memory
+(``ref MiB``: a frozen copy's weights, adapter_disabled's projector snapshot, nothing when precomputed)
+and each variant's speed relative to the concatenated layout with a frozen reference. The ``precomputed`` variant first runs
 ``python -m anyalign precompute`` into a temporary cache (a one-off cost, timed and printed apart).
 """
 from __future__ import annotations
@@ -90,7 +91,11 @@ def run_variant(config: str, extra: list[str], steps: int, warmup: int, repeats:
     best = statistics.median(times)
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    return {"samples_per_s": pairs / best, "tokens_per_s": tokens / best, "peak_mib": peak,
+    ref = module.reference
+    held = (ref.model.state_dict().values() if hasattr(ref, "model") else getattr(ref, "initial", {}).values()
+            if ref is not None else [])
+    ref_mib = sum(t.numel() * t.element_size() for t in held) / 2**20
+    return {"samples_per_s": pairs / best, "reference_mib": ref_mib, "tokens_per_s": tokens / best, "peak_mib": peak,
             "seconds": times, "pairs": pairs, "tokens": tokens, "media_tokens": media,
             "response_tokens": sum(int((b["target_seq"] >= 0).sum()) for b in batches),
             "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}
@@ -140,10 +145,11 @@ def main() -> None:
           f"{first['media_tokens'] / first['pairs'] / (2 if 'concatenated' in next(iter(results)) else 1):.0f} "
           f"media tokens")
     base = results.get("concatenated+frozen_copy")
-    print(f"{'variant':28s} {'samples/s':>10s} {'tokens/s':>10s} {'peak MiB':>9s} {'vs concat+ref':>13s}")
+    print(f"{'variant':28s} {'samples/s':>10s} {'tokens/s':>10s} {'peak MiB':>9s} {'ref MiB':>8s} {'vs concat+ref':>13s}")
     for name, r in results.items():
         ratio = f"{r['samples_per_s'] / base['samples_per_s']:.2f}x" if base else "-"
-        print(f"{name:28s} {r['samples_per_s']:10.1f} {r['tokens_per_s']:10.0f} {r['peak_mib']:9.0f} {ratio:>13s}")
+        print(f"{name:28s} {r['samples_per_s']:10.1f} {r['tokens_per_s']:10.0f} {r['peak_mib']:9.0f} "
+              f"{r['reference_mib']:8.2f} {ratio:>13s}")
     for note in notes:
         print(note)
     shutil.rmtree(cache, ignore_errors=True)
