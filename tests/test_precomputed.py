@@ -49,6 +49,7 @@ def test_precomputed_trains_like_frozen_copy(shards, monkeypatch, extra):
     cache = shards / "cache"
     main(_args("precompute", shards, cache, *extra))
     manifest = json.loads((cache / "manifest.json").read_text())
+    assert not list((shards / "run-precompute-precomputed").rglob("config.yaml"))  # fit's config is fit's to write
     assert manifest["sequences"] == (["chosen", "chosen_corrupt", "rejected"] if extra else ["chosen", "rejected"])
     main(_args("fit", shards, cache, *extra, log=shards / "fc.jsonl", reference="frozen_copy"))
     with monkeypatch.context() as m:
