@@ -154,7 +154,7 @@ def attach_reference(src: Iterator, cache: ReferenceCache) -> Iterator:
 
 
 class CacheWriter:
-    """Lightning callback collecting ``predict_step`` outputs per shard, written at the end of predict."""
+    """Collects ``predict_step`` records per shard; ``write`` stores this rank's part of each shard."""
 
     def __init__(self, path: str, fingerprint: str, sequences: list[str], manifest: dict):
         self.path, self.fingerprint, self.sequences, self.manifest = Path(path), fingerprint, sequences, manifest
@@ -196,6 +196,9 @@ def run(args: list[str]) -> None:
                        parser_kwargs={"parser_mode": "omegaconf"}, save_config_callback=None, args=args)
     module, data, trainer = cli.model, cli.datamodule, cli.trainer
     ref = module.reference
+    if ref is None:
+        raise SystemExit(f"precompute: the loss terms {[t['name'] for t in module.terms]} need no reference model; "
+                         "there is nothing to precompute")
     if not isinstance(ref, PrecomputedReference):
         raise SystemExit("precompute: set model.reference: precomputed and model.reference_cache: DIR in the config "
                          f"(it has model.reference={module.hparams.reference!r})")
@@ -207,6 +210,7 @@ def run(args: list[str]) -> None:
     fingerprint = _sha(manifest["fingerprint"])
     manifest["fingerprint"]["all"] = fingerprint
     if trainer.is_global_zero or trainer.world_size == 1:
+        (Path(ref.cache.path) / "manifest.json").unlink(missing_ok=True)  # a run that dies leaves no cache
         for old in (Path(ref.cache.path) / "shards").glob("*.safetensors"):
             old.unlink(missing_ok=True)
     writer = CacheWriter(ref.cache.path, fingerprint, ref.sequences, manifest)

@@ -7,8 +7,9 @@ same pre-loaded batches (data loading is not timed): warm-up steps, then ``repea
 ``steps`` optimizer steps each (forward, reference forward if any, backward, AdamW step). Prints
 samples/s (pairs), tokens/s (non-padding positions the LM processed, media included), peak memory
 (CUDA allocator peak on GPU, process max RSS on CPU), the reference model's tensors held in memory
-(``ref MiB``: a frozen copy's weights, adapter_disabled's projector snapshot, nothing when precomputed)
-and each variant's speed relative to the concatenated layout with a frozen reference. The ``precomputed`` variant first runs
+(``ref MiB``: a frozen copy's weights, adapter_disabled's projector snapshot, nothing when precomputed),
+achieved model TFLOP/s and MFU (6N per policy token, 2N per reference token; on GPUs with a known bf16
+peak, or ``--peak-tflops``) and each variant's speed relative to the concatenated layout with a frozen reference. The ``precomputed`` variant first runs
 ``python -m anyalign precompute`` into a temporary cache (a one-off cost, timed and printed apart).
 """
 from __future__ import annotations
@@ -95,10 +96,34 @@ def run_variant(config: str, extra: list[str], steps: int, warmup: int, repeats:
     held = (ref.model.state_dict().values() if hasattr(ref, "model") else getattr(ref, "initial", {}).values()
             if ref is not None else [])
     ref_mib = sum(t.numel() * t.element_size() for t in held) / 2**20
-    return {"samples_per_s": pairs / best, "reference_mib": ref_mib, "tokens_per_s": tokens / best, "peak_mib": peak,
+    # model FLOPs per timed repeat, 6N per token for the policy (forward + backward) and 2N for a reference
+    # forward (PaLM's convention, attention scores left out): N = the LM's non-embedding weights, over every
+    # non-padding position (the duplicated prompt of the concatenated layout counts: the GPU does that work);
+    # the LM head only at scored positions (anyalign never computes the others)
+    lm = module.policy.lm
+    emb = {id(p) for m in (lm.get_input_embeddings(), lm.get_output_embeddings()) for p in m.parameters()}
+    n_body = sum(p.numel() for p in lm.parameters() if id(p) not in emb)
+    head = lm.get_output_embeddings().weight.numel()
+    scored = sum(int((b["target_seq"] >= 0).sum()) for b in batches)
+    runs_ref = ref is not None and not hasattr(ref, "cache")
+    flops = (6 + 2 * runs_ref) * (n_body * tokens + head * scored)
+    return {"samples_per_s": pairs / best, "reference_mib": ref_mib, "tflops_per_s": flops / best / 1e12,
+            "dtype": str(next(lm.parameters()).dtype).removeprefix("torch."), "tokens_per_s": tokens / best, "peak_mib": peak,
             "seconds": times, "pairs": pairs, "tokens": tokens, "media_tokens": media,
             "response_tokens": sum(int((b["target_seq"] >= 0).sum()) for b in batches),
             "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}
+
+
+# dense bf16 tensor-core peaks, TFLOP/s (vendor datasheets, SXM parts); MFU is printed for these or --peak-tflops
+PEAK_BF16 = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.1}
+
+
+def peak_tflops(device: str, dtype: str, given: float | None) -> float | None:
+    if given:
+        return given
+    if dtype != "bfloat16":
+        return None
+    return next((v for k, v in PEAK_BF16.items() if k in device), None)
 
 
 def main() -> None:
@@ -109,6 +134,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS))
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s for MFU (default: bf16 peak of "
+                    "known GPUs with --model.torch_dtype bfloat16)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("overrides", nargs="*", help="config overrides after --, e.g. -- --data.batch_size 4")
     ap.add_argument("--cache", help=argparse.SUPPRESS)
@@ -145,11 +172,14 @@ def main() -> None:
           f"{first['media_tokens'] / first['pairs'] / (2 if 'concatenated' in next(iter(results)) else 1):.0f} "
           f"media tokens")
     base = results.get("concatenated+frozen_copy")
-    print(f"{'variant':28s} {'samples/s':>10s} {'tokens/s':>10s} {'peak MiB':>9s} {'ref MiB':>8s} {'vs concat+ref':>13s}")
+    print(f"{'variant':28s} {'samples/s':>10s} {'tokens/s':>10s} {'peak MiB':>9s} {'ref MiB':>8s} {'TFLOP/s':>8s} "
+          f"{'MFU':>6s} {'vs concat+ref':>13s}")
     for name, r in results.items():
         ratio = f"{r['samples_per_s'] / base['samples_per_s']:.2f}x" if base else "-"
+        peak = peak_tflops(r["device"], r["dtype"], args.peak_tflops)
+        mfu = f"{100 * r['tflops_per_s'] / peak:5.1f}%" if peak else "-"
         print(f"{name:28s} {r['samples_per_s']:10.1f} {r['tokens_per_s']:10.0f} {r['peak_mib']:9.0f} "
-              f"{r['reference_mib']:8.2f} {ratio:>13s}")
+              f"{r['reference_mib']:8.2f} {r['tflops_per_s']:8.3f} {mfu:>6s} {ratio:>13s}")
     for note in notes:
         print(note)
     shutil.rmtree(cache, ignore_errors=True)
