@@ -174,3 +174,11 @@ def test_two_ranks_precompute_what_one_does(shards, layout):
         for key, (digest, lp, tk) in ea.items():
             assert eb[key][0] == digest and eb[key][2] == tk
             assert eb[key][1] == pytest.approx(lp, abs=1e-4)
+
+
+def test_other_precision_is_used_with_a_warning(shards, caplog):
+    cache = shards / "cache"
+    main(_args("precompute", shards, cache))
+    with caplog.at_level("WARNING", logger="anyalign"):
+        main(_args("fit", shards, cache, "--trainer.precision", "bf16-mixed", "--trainer.max_steps", "2"))
+    assert "computed at precision 32-true, this run trains at bf16-mixed" in caplog.text
