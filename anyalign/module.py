@@ -5,6 +5,7 @@ for the sequences the terms name, and nothing more.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 
@@ -117,6 +118,31 @@ class AlignModule(L.LightningModule):
         self.skipped: list[tuple[str, str, str]] = []
         self.val_history: list[dict] = []
         self._val = {}
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=True, **kwargs):
+        """Rebuild a module from an anyalign checkpoint (safetensors; Lightning's own loader would unpickle).
+
+        The stored hyper-parameters are used, overridden by ``kwargs``. Adapters are objects, not
+        hyper-parameters: pass them as the training config built them, e.g.
+        ``AlignModule.load_from_checkpoint("runs/x/checkpoints/last.ckpt", adapters={"image": ImageAdapter(...)})``.
+        """
+        from .checkpoint import load_checkpoint
+        if hparams_file is not None:
+            raise ValueError("hparams_file is not used: anyalign checkpoints hold their hyper-parameters")
+        ckpt = load_checkpoint(checkpoint_path, map_location or "cpu")
+        known = inspect.signature(cls.__init__).parameters  # LightningCLI also stores its "_instantiator"
+        hparams = {k: v for k, v in ckpt.get("hyper_parameters", {}).items() if k in known}
+        module = cls(**{**hparams, **kwargs})
+        stored = sorted({k.split(".")[2] for k in ckpt["state_dict"] if k.startswith("policy.adapters.")})
+        if stored != sorted(module.policy.adapters):
+            raise ValueError(f"{checkpoint_path} was trained with adapters {stored}, the module has "
+                             f"{sorted(module.policy.adapters)}: pass adapters={{...}} as the training config built them")
+        missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)
+        if strict and (missing or unexpected):
+            raise ValueError(f"{checkpoint_path} does not fit the module built from its hyper-parameters: "
+                             f"missing {missing[:4]}, unexpected {unexpected[:4]}")
+        return module
 
     # ---- log-probs and loss terms ----
     def _inputs(self, name: str, policy, reference, batch) -> torch.Tensor:

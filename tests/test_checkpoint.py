@@ -36,3 +36,26 @@ def test_refuses_a_pickle_checkpoint(tmp_path):
     torch.save({"state_dict": {}}, path)
     with pytest.raises(Exception, match="not an anyalign safetensors checkpoint|header|safetensors|Error"):
         load_checkpoint(path)
+
+
+def test_load_from_checkpoint_reads_a_training_checkpoint(tmp_path, monkeypatch, tiny_vit):
+    """``AlignModule.load_from_checkpoint`` (Lightning's API) reads our safetensors checkpoints; without the
+    adapters the checkpoint was trained with it says which are missing."""
+    from anyalign.__main__ import main
+    from anyalign.module import AlignModule
+    from modalities import ImageAdapter
+    from conftest import ROOT
+    monkeypatch.chdir(ROOT)
+    main(["fit", "--config", "configs/image_dpo.yaml", "--trainer.max_steps", "3", "--trainer.num_sanity_val_steps", "0",
+          "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false", "--data.num_workers", "0",
+          "--trainer.default_root_dir", str(tmp_path), "--model.export_dir", "null", "--model.lr", "0.01"])
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    stored = load_checkpoint(path)["state_dict"]
+    module = AlignModule.load_from_checkpoint(path, adapters={"image": ImageAdapter(encoder=tiny_vit)})
+    assert module.hparams.lr == 0.01
+    state = module.state_dict()
+    assert set(state) == set(stored)
+    for k, v in stored.items():
+        assert torch.equal(state[k], v), k
+    with pytest.raises(ValueError, match=r"trained with adapters \['image'\], the module has \[\]: pass adapters="):
+        AlignModule.load_from_checkpoint(path)
