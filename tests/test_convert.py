@@ -1,6 +1,6 @@
-"""Converters from other tools' layouts into shards: every fixture is built here, in tmp_path, from each
-tool's documented layout, converted, then read back with tarfile: text, markers, media bytes and the
-summary's counts, and every bad record skipped under its reason.
+"""Converters from other tools' layouts into shards: every fixture is built in tmp_path from each tool's
+documented layout (the writers and media makers are in convert_fixtures.py), converted, then read back with
+tarfile: text, markers, media bytes and the summary's counts, and every bad record skipped under its reason.
 
 Media are real: Pillow JPEG/PNG, an H.264 mp4 from the demo shards, a WAV written with ``wave``."""
 from __future__ import annotations
@@ -8,11 +8,8 @@ from __future__ import annotations
 import io
 import json
 import runpy
-import struct
 import sys
 import tarfile
-import wave
-import zlib
 from pathlib import Path
 
 import pytest
@@ -25,75 +22,14 @@ from anyalign.data.schema import media_fields, parse_record
 from modalities.vision import decode_image
 
 from conftest import ROOT
-
-try:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-except ImportError:  # only the parquet / save_to_disk sources need it
-    pa = pq = None
-needs_pyarrow = pytest.mark.skipif(pa is None, reason="reading parquet/arrow needs pyarrow")
-
-
-# ---- media ----
-
-def jpeg(seed: int, size: int = 16) -> bytes:
-    im = Image.frombytes("RGB", (size, size), bytes((seed * 7 + i) % 256 for i in range(size * size * 3)))
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=90)
-    return buf.getvalue()
-
-
-def png(seed: int, size: int = 12) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (size, size), (seed % 256, 40, 90)).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def bomb_png(w: int = 100000, h: int = 100000) -> bytes:
-    """A valid PNG header claiming w x h pixels (a decompression bomb), no real pixel data."""
-    def chunk(kind, body):
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))
-
-
-def mp4() -> bytes:
-    with tarfile.open(ROOT / "assets" / "data" / "video" / "val-000.tar") as tar:
-        m = next(m for m in tar.getmembers() if m.name.endswith(".mp4"))
-        return tar.extractfile(m).read()
-
-
-def wav() -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1), w.setsampwidth(2), w.setframerate(8000)
-        w.writeframes(b"\x00\x01" * 800)
-    return buf.getvalue()
-
-
-GARBAGE = b"<html>not an image</html>"
+from convert_fixtures import (GARBAGE, bad_paths, bomb_png, image_type, jpeg, mp4, needs_pyarrow, pa, png, pq,
+                              save_to_disk, trl_rows, trl_schema, wav, write_jsonl, write_media_root)
 
 
 @pytest.fixture()
 def root(tmp_path):
     """A media root ``data/`` with good and bad media, a file outside it and a symlink pointing out."""
-    data = tmp_path / "data"
-    for sub in ("img", "vid", "aud"):
-        (data / sub).mkdir(parents=True)
-    files = {"img/a0.jpg": jpeg(0), "img/a1.png": png(1), "img/a2.jpg": jpeg(2), "vid/v.mp4": mp4(),
-             "aud/a.wav": wav(), "img/bomb.png": bomb_png(), "img/garbage.jpg": GARBAGE}
-    for name, blob in files.items():
-        (data / name).write_bytes(blob)
-    (tmp_path / "outside.jpg").write_bytes(jpeg(9))
-    (data / "img" / "link.jpg").symlink_to(tmp_path / "outside.jpg")
-    return data
-
-
-def bad_paths(tmp_path) -> dict:
-    """name -> (media path, the reason it is refused)."""
-    return {"missing": ("img/nope.jpg", F.MISSING_MEDIA), "dotdot": ("../outside.jpg", F.ESCAPE),
-            "absolute": (str(tmp_path / "outside.jpg"), F.ESCAPE), "symlink": ("img/link.jpg", F.ESCAPE),
-            "bomb": ("img/bomb.png", F.TOO_LARGE), "garbage": ("img/garbage.jpg", F.UNREADABLE)}
+    return write_media_root(tmp_path)
 
 
 # ---- reading back ----
@@ -133,13 +69,6 @@ def reasons(summary: dict) -> dict:
 
 def where(summary: dict, reason: str) -> list[str]:
     return [e["where"] for e in summary["skipped_by_reason"][reason]["examples"]]
-
-
-def write_jsonl(path: Path, rows: list) -> None:
-    """rows: dicts (dumped) or raw bytes lines (written as they are)."""
-    with open(path, "wb") as f:
-        for r in rows:
-            f.write((r if isinstance(r, bytes) else json.dumps(r).encode()) + b"\n")
 
 
 CONVERTED: dict[str, list[str]] = {}  # format -> shards written by the tests above, trained on at the end
@@ -200,62 +129,6 @@ def test_jsonl(tmp_path, root):
 
 
 # ---- TRL: parquet and save_to_disk ----
-
-def image_type():
-    """How ``datasets`` stores an ``Image`` feature in Arrow/parquet."""
-    return pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-
-
-def trl_schema():
-    part = pa.struct([("text", pa.string()), ("type", pa.string())])
-    turns = pa.list_(pa.struct([("content", pa.list_(part)), ("role", pa.string())]))
-    return pa.schema([("id", pa.string()), ("prompt", turns), ("chosen", turns), ("rejected", turns),
-                      ("images", pa.list_(image_type()))])
-
-
-def user(*parts, role="user"):
-    return {"role": role, "content": [{"type": "image", "text": None} if p is None else {"type": "text", "text": p}
-                                      for p in parts]}
-
-
-def answer(t):
-    return [{"role": "assistant", "content": [{"type": "text", "text": t}]}]
-
-
-def trl_rows() -> tuple[list[dict], list[str]]:
-    img = lambda b: {"bytes": b, "path": None}  # noqa: E731
-    good = [dict(id="t0", prompt=[user(None, "What is this?")], chosen=answer("A cat."), rejected=answer("A dog."),
-                 images=[img(jpeg(0))]),
-            dict(id="t1", prompt=[user("Compare them.")], chosen=answer("Same."), rejected=answer("Different."),
-                 images=[img(jpeg(1)), img(png(2))]),
-            dict(id="t2", prompt=[user("Be brief.", role="system"), user(None, "Q?")], chosen=answer("Yes."),
-                 rejected=answer("No."), images=[{"bytes": None, "path": "img/a2.jpg"}])]
-    bad = [dict(id="two-markers", prompt=[user(None, None, "Q")], chosen=answer("a"), rejected=answer("b"),
-                images=[img(jpeg(3))]),
-           dict(id="bomb", prompt=[user(None, "Q")], chosen=answer("a"), rejected=answer("b"),
-                images=[img(bomb_png())]),
-           dict(id="garbage", prompt=[user(None, "Q")], chosen=answer("a"), rejected=answer("b"),
-                images=[img(GARBAGE)]),
-           dict(id="nochosen", prompt=[user(None, "Q")], chosen=None, rejected=answer("b"), images=[img(jpeg(4))]),
-           dict(id="t0", prompt=[user(None, "Q")], chosen=answer("a"), rejected=answer("b"), images=[img(jpeg(5))]),
-           dict(id="escape", prompt=[user(None, "Q")], chosen=answer("a"), rejected=answer("b"),
-                images=[{"bytes": None, "path": "../outside.jpg"}]),
-           dict(id="missing", prompt=[user(None, "Q")], chosen=answer("a"), rejected=answer("b"),
-                images=[{"bytes": None, "path": "img/nope.jpg"}])]
-    return good + bad, [F.MISMATCH, F.TOO_LARGE, F.UNREADABLE, F.MISSING_RESPONSE, F.DUPLICATE, F.ESCAPE,
-                        F.MISSING_MEDIA]
-
-
-def save_to_disk(table: pa.Table, directory: Path) -> None:
-    """The layout of ``datasets.Dataset.save_to_disk``: Arrow IPC stream shards + state/info json."""
-    directory.mkdir(parents=True)
-    name = "data-00000-of-00001.arrow"
-    with pa.OSFile(str(directory / name), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
-        w.write_table(table, max_chunksize=2)
-    (directory / "state.json").write_text(json.dumps({"_data_files": [{"filename": name}], "_fingerprint": "0",
-                                                      "_format_type": None, "_split": "train"}))
-    (directory / "dataset_info.json").write_text(json.dumps({"features": {}}))
-
 
 @needs_pyarrow
 @pytest.mark.parametrize("container", ["parquet", "save_to_disk"])
