@@ -85,10 +85,17 @@ class MultimodalLM(nn.Module):
         self.softcap = getattr(self.lm.config.get_text_config(), "final_logit_softcapping", None)
         self.train()  # from_pretrained returns eval-mode modules; training needs the LM's dropout back
 
-    def embed(self, input_ids: torch.Tensor, media: dict) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor, media: dict, shared: dict | None = None) -> torch.Tensor:
+        """Token embeddings with each placeholder position replaced by its adapter's output. ``shared``: a
+        per-batch dict in which adapters with a frozen encoder leave their features for the next forward
+        on the same batch (the reference model's), so the encoders run once per batch."""
         embeds = self.lm.get_input_embeddings()(input_ids)
         for modality, items in media.items():
-            feats = self.adapters[modality](items)
+            adapter = self.adapters[modality]
+            if shared is not None and adapter.shares_features():
+                feats = adapter(items, features=shared.setdefault(modality, {}))
+            else:
+                feats = adapter(items)
             feats = torch.cat(list(feats)) if isinstance(feats, (list, tuple)) else feats.flatten(0, 1)
             where = input_ids == self.media_token_ids[modality]
             if int(where.sum()) != feats.shape[0]:
@@ -162,7 +169,7 @@ class MultimodalLM(nn.Module):
         return attention_mask_4d(roles, dtype)
 
     def forward(self, batch: dict) -> SeqLogps:
-        embeds = self.embed(batch["input_ids"], batch["media"])
+        embeds = self.embed(batch["input_ids"], batch["media"], batch.setdefault("_media_features", {}))
         mask = self.attention_mask(batch, embeds.dtype)
         hidden = self.lm.get_decoder()(inputs_embeds=embeds, attention_mask=mask,
                                        position_ids=batch["position_ids"], use_cache=False).last_hidden_state

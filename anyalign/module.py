@@ -160,7 +160,8 @@ class AlignModule(L.LightningModule):
             return None
         policy = self.policy(batch)
         reference = self.reference(batch) if self.reference is not None else None
-        batch.pop("_attn_mask", None)  # the policy and reference forwards shared it; free it before backward
+        for shared in ("_attn_mask", "_media_features"):  # built once for both forwards; freed before backward
+            batch.pop(shared, None)
         if isinstance(self.reference, PrecomputedReference):
             self._check_cached_tokens(batch, policy, reference)
         loss, rewards, metrics = 0.0, None, {}

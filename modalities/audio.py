@@ -301,11 +301,14 @@ class AudioAdapter(ModalityAdapter):
     def num_tokens(self, item: torch.Tensor) -> int:
         return math.ceil(self.positions / self.pool)
 
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+    def encode(self, batch: torch.Tensor) -> torch.Tensor:
         h = self.tower(batch)[:, : self.positions]
         if self.pool > 1:  # [B, T, D] -> [B, ceil(T / pool), D]; the last window averages what it has
             h = nn.functional.avg_pool1d(h.transpose(1, 2), self.pool, self.pool, ceil_mode=True).transpose(1, 2)
-        return self.projector(h)
+        return h
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        return self.projector(features)
 
     def export(self, directory) -> dict:
         out = Path(directory) / "encoder"

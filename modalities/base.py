@@ -87,9 +87,38 @@ class ModalityAdapter(nn.Module):
         """Build the projector into the LM's hidden size (called once by MultimodalLM)."""
         raise NotImplementedError
 
-    def forward(self, batch: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        """Encode a batch of items into ``[items, tokens, lm_hidden]`` (or a list of ``[tokens_i, lm_hidden]``)."""
-        raise NotImplementedError
+    def forward(self, batch: Any, features: dict | None = None) -> torch.Tensor | list[torch.Tensor]:
+        """Encode a batch of items into ``[items, tokens, lm_hidden]`` (or a list of ``[tokens_i, lm_hidden]``).
+
+        An adapter either overrides ``forward(batch)``, or implements ``encode`` (media -> features) and
+        ``project`` (features -> LM embeddings) and inherits this. With the split, ``features`` is a dict
+        that lives as long as one batch, shared by the policy's and the reference model's forwards: while
+        the encoder is frozen (``encoder_frozen``) its output is the same for both, so it runs once per
+        batch and the reference only re-runs the projector.
+        """
+        if features is not None and self.encoder_frozen():
+            if "features" not in features:
+                features["features"] = self.encode(batch)
+            return self.project(features["features"])
+        return self.project(self.encode(batch))
+
+    def encode(self, batch: Any) -> Any:
+        """The encoder side: collated media -> features (tensors, or anything ``project`` takes)."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither forward nor encode/project")
+
+    def project(self, features: Any) -> torch.Tensor | list[torch.Tensor]:
+        """The projector side: features -> LM embeddings."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither forward nor encode/project")
+
+    def shares_features(self) -> bool:
+        """Whether this adapter uses the ``encode``/``project`` split (and so can take ``features``)."""
+        return type(self).encode is not ModalityAdapter.encode and type(self).forward is ModalityAdapter.forward
+
+    def encoder_frozen(self) -> bool:
+        """``encode`` is a fixed function: every parameter outside ``self.projector`` is frozen (the convention
+        of the built-in adapters; override if the encoder side trains something else)."""
+        projector = {id(p) for p in getattr(self, "projector", nn.Module()).parameters()}
+        return not any(p.requires_grad for p in self.parameters() if id(p) not in projector)
 
     def export(self, directory) -> dict[str, Any]:
         """Write what is needed beside the state dict to rebuild this adapter; return init-arg overrides."""

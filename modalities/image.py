@@ -58,8 +58,11 @@ class ImageAdapter(ModalityAdapter):
     def num_tokens(self, item: torch.Tensor) -> int:
         return self.tower.tokens_per_image
 
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.projector(self.tower(batch))
+    def encode(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.tower(batch)
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        return self.projector(features)
 
     def export(self, directory) -> dict:
         return {"encoder": self.tower.save(directory / "encoder")}

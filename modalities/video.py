@@ -116,7 +116,7 @@ class VideoAdapter(ModalityAdapter):
     def collate(self, items: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"pixels": torch.cat(items), "frames": torch.tensor([len(x) for x in items])}
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    def encode(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         feats = self.tower(batch["pixels"])  # [all frames, tokens, encoder hidden]
         clips = []
         for clip in feats.split(batch["frames"].tolist()):
@@ -125,6 +125,9 @@ class VideoAdapter(ModalityAdapter):
                 clip = torch.cat([clip, clip[-1:].expand(pad, -1, -1)]) if pad else clip
                 clip = clip.view(-1, self.temporal_pool, *clip.shape[1:]).mean(1)
             clips.append(clip.flatten(0, 1))
+        return clips
+
+    def project(self, clips: list[torch.Tensor]) -> list[torch.Tensor]:
         # pool first, project once: the projector runs on the pooled tokens only
         return list(self.projector(torch.cat(clips)).split([len(c) for c in clips]))
 

@@ -66,3 +66,41 @@ def test_lora_export_is_merged_and_reloads_same_logps(tiny_lm, tiny_vit, tmp_pat
     reloaded = load_aligned(tmp_path / "export")
     assert not hasattr(reloaded.lm, "disable_adapter")  # a plain HF model, LoRA merged
     torch.testing.assert_close(reloaded(batch).logps, before, atol=1e-4, rtol=1e-5)
+
+
+def _count_encoder_calls(*models):
+    calls = []
+    for m in models:
+        for adapter in m.adapters.values():
+            adapter.tower.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+@pytest.mark.parametrize("strategy, lora", [("frozen_copy", None), ("adapter_disabled", {"r": 4})])
+def test_frozen_encoder_runs_once_per_batch(tiny_lm, tiny_vit, strategy, lora):
+    """The policy's frozen-encoder features are reused by the reference forward on the same batch, which
+    gives the same log-probs as a reference forward computing its own."""
+    policy = _model(tiny_lm, tiny_vit, lora=lora)
+    reference = build_reference(strategy, policy)
+    _perturb(policy)  # the projector moved: the reference must still project with its initial one
+    alone = reference(_batch(policy)).logps  # a fresh batch: the reference encodes for itself
+    batch = _batch(policy)
+    models = [policy] + ([reference.model] if strategy == "frozen_copy" else [])
+    calls = _count_encoder_calls(*models)
+    policy(batch)
+    shared = reference(batch).logps
+    assert len(calls) == 1
+    torch.testing.assert_close(shared, alone, atol=0, rtol=0)
+
+
+def test_trainable_encoder_is_not_shared(tiny_lm, tiny_vit):
+    torch.manual_seed(0)
+    policy = MultimodalLM(tiny_lm, {"image": ImageAdapter(encoder=tiny_vit, freeze_encoder=False)})
+    reference = build_reference("frozen_copy", policy)
+    _perturb(policy)  # the policy's encoder moved too: its features are not the reference's
+    alone = reference(_batch(policy)).logps
+    batch = _batch(policy)
+    calls = _count_encoder_calls(policy, reference.model)
+    policy(batch)
+    torch.testing.assert_close(reference(batch).logps, alone, atol=0, rtol=0)
+    assert len(calls) == 2
