@@ -11,6 +11,7 @@ import math
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
 
 from modalities import ModalityAdapter
 from modalities.corruptions import NEEDS_DONOR
@@ -279,6 +280,9 @@ class AlignModule(L.LightningModule):
         self.policy.configure_attention(self.device)  # attn_implementation=auto, resolved on the real device
         if isinstance(self.reference, FrozenCopy):  # a deep copy made on CPU: its own config to resolve
             self.reference.model.configure_attention(self.device)
+            strategy = self.trainer.strategy
+            if isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)) and not isinstance(strategy, DeepSpeedStrategy):
+                self.reference.share_frozen_encoders(self.policy)  # before .to(device): one tower on the GPU
         if self.reference is not None:
             self.reference.to(self.device)
         made = getattr(self.reference, "manifest", None)

@@ -32,6 +32,22 @@ class FrozenCopy:
         self.model.to(device)
         return self
 
+    def share_frozen_encoders(self, policy: MultimodalLM) -> list[str]:
+        """Point the copy's frozen encoder sides at the policy's own modules, which never change, instead of
+        holding a second copy of them (a vision or audio tower is often the largest frozen part). Only
+        where parameters are not sharded: FSDP and DeepSpeed rewrite the policy's modules in place.
+        Returns the modalities shared."""
+        shared = []
+        for name, adapter in policy.adapters.items():
+            if not (adapter.shares_features() and adapter.encoder_frozen()):
+                continue
+            copy_ = self.model.adapters[name]
+            for child, module in adapter.named_children():
+                if child != "projector":
+                    setattr(copy_, child, module)
+            shared.append(name)
+        return shared
+
     @torch.no_grad()
     def __call__(self, batch: dict) -> SeqLogps:
         return self.model(batch)

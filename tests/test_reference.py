@@ -104,3 +104,34 @@ def test_trainable_encoder_is_not_shared(tiny_lm, tiny_vit):
     policy(batch)
     torch.testing.assert_close(reference(batch).logps, alone, atol=0, rtol=0)
     assert len(calls) == 2
+
+
+def test_frozen_copy_shares_the_policys_frozen_encoder(tiny_lm, tiny_vit):
+    policy = _model(tiny_lm, tiny_vit)
+    reference = build_reference("frozen_copy", policy)
+    before = reference(_batch(policy)).logps
+    assert reference.share_frozen_encoders(policy) == ["image"]
+    ref_adapter, adapter = reference.model.adapters["image"], policy.adapters["image"]
+    assert ref_adapter.tower is adapter.tower and ref_adapter.projector is not adapter.projector
+    _perturb(policy)  # the policy's projector (and LM) move; the shared tower is frozen and does not
+    torch.testing.assert_close(reference(_batch(policy)).logps, before, atol=0, rtol=0)
+
+
+def test_fit_shares_the_encoder_on_one_device(tmp_path, monkeypatch):
+    """on_fit_start shares the frozen towers (single device / DDP); the run trains as before."""
+    import lightning as L
+
+    from anyalign.__main__ import main
+    from conftest import ROOT
+    seen = {}
+
+    class Probe(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            seen["shared"] = pl_module.reference.model.adapters["image"].tower is pl_module.policy.adapters["image"].tower
+
+    monkeypatch.setattr("anyalign.module.AlignModule.configure_callbacks", lambda self: [Probe()])
+    monkeypatch.chdir(ROOT)
+    main(["fit", "--config", "configs/image_dpo.yaml", "--trainer.max_steps", "2", "--trainer.num_sanity_val_steps", "0",
+          "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false", "--data.num_workers", "0",
+          "--trainer.default_root_dir", str(tmp_path)])
+    assert seen == {"shared": True}

@@ -50,10 +50,11 @@ def run_variant(config: str, extra: list[str], steps: int, warmup: int, repeats:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module.to(device)
     module.policy.configure_attention(device)  # attn_implementation=auto: flex attention on CUDA
+    if hasattr(module.reference, "model"):  # frozen_copy, set up as on_fit_start does on one device
+        module.reference.model.configure_attention(device)
+        module.reference.share_frozen_encoders(module.policy)
     if module.reference is not None:
         module.reference.to(device)
-        if hasattr(module.reference, "model"):
-            module.reference.model.configure_attention(device)
     data.bind(module.policy, module.negatives, "chosen_corrupt" in module.sequences, reference=module.reference)
     batches = []
     for batch in data.train_dataloader():
@@ -93,8 +94,10 @@ def run_variant(config: str, extra: list[str], steps: int, warmup: int, repeats:
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     ref = module.reference
+    policy_tensors = {t.data_ptr() for t in module.policy.state_dict().values()}
     held = (ref.model.state_dict().values() if hasattr(ref, "model") else getattr(ref, "initial", {}).values()
             if ref is not None else [])
+    held = [t for t in held if t.data_ptr() not in policy_tensors]  # shared with the policy: not extra
     ref_mib = sum(t.numel() * t.element_size() for t in held) / 2**20
     # model FLOPs per timed repeat, 6N per token for the policy (forward + backward) and 2N for a reference
     # forward (PaLM's convention, attention scores left out): N = the LM's non-embedding weights, over every
