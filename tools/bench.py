@@ -135,6 +135,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8, help="timed optimizer steps per repeat (distinct batches)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=1, help="run every variant this many times, interleaved, "
+                    "and report the median round (min-max shown): for noisy shared machines")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS))
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s for MFU (default: bf16 peak of "
@@ -161,28 +163,35 @@ def main() -> None:
             sys.exit(f"precompute failed:\n{out.stderr[-3000:]}")
         notes.append(f"precompute (one-off, all train + val shards, default threads): {time.perf_counter() - t0:.1f} s "
                      f"wall, process start included: {out.stdout.strip().splitlines()[-1]}")
-    for name in names:
-        cmd = [sys.executable, __file__, "--config", args.config, "--steps", str(args.steps), "--warmup",
-               str(args.warmup), "--repeats", str(args.repeats), "--threads", str(args.threads), "--child", name,
-               "--cache", cache, "--", *args.overrides]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode:
-            sys.exit(f"variant {name} failed:\n{out.stderr[-3000:]}")
-        results[name] = json.loads(out.stdout.strip().splitlines()[-1])
+    runs: dict[str, list[dict]] = {n: [] for n in names}
+    for _ in range(args.rounds):  # variants interleaved, so a slow spell of a shared machine hits them all
+        for name in names:
+            cmd = [sys.executable, __file__, "--config", args.config, "--steps", str(args.steps), "--warmup",
+                   str(args.warmup), "--repeats", str(args.repeats), "--threads", str(args.threads), "--child", name,
+                   "--cache", cache, "--", *args.overrides]
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode:
+                sys.exit(f"variant {name} failed:\n{out.stderr[-3000:]}")
+            runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    for name, rs in runs.items():  # the median round by samples/s; peak memory is the largest seen
+        rs = sorted(rs, key=lambda r: r["samples_per_s"])
+        results[name] = {**rs[len(rs) // 2], "peak_mib": max(r["peak_mib"] for r in rs),
+                         "range": (rs[0]["samples_per_s"], rs[-1]["samples_per_s"])}
     first = next(iter(results.values()))
     print(f"config {args.config} {' '.join(args.overrides)} | device {first['device']} | {args.steps} steps x "
-          f"{args.repeats} repeats after {args.warmup} warm-up | threads {args.threads or 'default'} | per pair: "
+          f"{args.repeats} repeats after {args.warmup} warm-up, {args.rounds} round(s) | threads {args.threads or 'default'} | per pair: "
           f"{first['media_tokens'] / first['pairs'] / (2 if 'concatenated' in next(iter(results)) else 1):.0f} "
           f"media tokens")
     base = results.get("concatenated+frozen_copy")
     print(f"{'variant':28s} {'samples/s':>10s} {'tokens/s':>10s} {'peak MiB':>9s} {'ref MiB':>8s} {'TFLOP/s':>8s} "
-          f"{'MFU':>6s} {'vs concat+ref':>13s}")
+          f"{'MFU':>6s} {'vs concat+ref':>13s}  samples/s range")
     for name, r in results.items():
         ratio = f"{r['samples_per_s'] / base['samples_per_s']:.2f}x" if base else "-"
         peak = peak_tflops(r["device"], r["dtype"], args.peak_tflops)
         mfu = f"{100 * r['tflops_per_s'] / peak:5.1f}%" if peak else "-"
         print(f"{name:28s} {r['samples_per_s']:10.1f} {r['tokens_per_s']:10.0f} {r['peak_mib']:9.0f} "
-              f"{r['reference_mib']:8.2f} {r['tflops_per_s']:8.3f} {mfu:>6s} {ratio:>13s}")
+              f"{r['reference_mib']:8.2f} {r['tflops_per_s']:8.3f} {mfu:>6s} {ratio:>13s}  "
+              f"{r['range'][0]:.1f}-{r['range'][1]:.1f}")
     for note in notes:
         print(note)
     shutil.rmtree(cache, ignore_errors=True)
