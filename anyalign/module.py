@@ -53,7 +53,7 @@ class AlignModule(L.LightningModule):
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
         scheduler: str = "cosine",
-        attn_implementation: str = "sdpa",
+        attn_implementation: str = "auto",
         torch_dtype: str = "float32",
         chat_template: str | None = None,
         gradient_checkpointing: bool = False,
@@ -78,10 +78,11 @@ class AlignModule(L.LightningModule):
             weight_decay: AdamW weight decay.
             warmup_steps: linear warm-up steps.
             scheduler: ``cosine`` (decay to 0 at trainer.max_steps) or ``constant`` after warm-up.
-            attn_implementation: LM attention kernel: ``sdpa`` (default), ``eager``, ``flex_attention``
-                (block-sparse slot mask, no dense ``[rows, T, T]`` mask; CUDA, as flex has no backward on
-                CPU), or ``auto`` (flex attention on CUDA when the LM supports it, else sdpa). Kernels that
-                cannot take the shared layout's mask (``flash_attention_2``) train the concatenated layout.
+            attn_implementation: LM attention kernel: ``auto`` (default: flex attention on CUDA when the LM
+                supports it, with a block-sparse slot mask and no dense ``[rows, T, T]`` one; SDPA with the
+                dense float mask elsewhere), ``sdpa``, ``eager`` or ``flex_attention`` (CUDA only: flex has no
+                backward on CPU). Kernels that cannot take the shared layout's mask (``flash_attention_2``)
+                train the concatenated layout.
             torch_dtype: dtype the LM is loaded in (``float32``, ``bfloat16``).
             chat_template: Jinja chat template (string or ``.jinja`` file) replacing the tokenizer's.
             gradient_checkpointing: recompute LM activations in backward to save memory.

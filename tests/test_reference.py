@@ -118,7 +118,7 @@ def test_frozen_copy_shares_the_policys_frozen_encoder(tiny_lm, tiny_vit):
 
 
 def test_fit_shares_the_encoder_on_one_device(tmp_path, monkeypatch):
-    """on_fit_start shares the frozen towers (single device / DDP); the run trains as before."""
+    """on_fit_start shares the frozen towers (single device / DDP) and resolves attn_implementation=auto."""
     import lightning as L
 
     from anyalign.__main__ import main
@@ -128,10 +128,12 @@ def test_fit_shares_the_encoder_on_one_device(tmp_path, monkeypatch):
     class Probe(L.Callback):
         def on_train_start(self, trainer, pl_module):
             seen["shared"] = pl_module.reference.model.adapters["image"].tower is pl_module.policy.adapters["image"].tower
+            seen["attn"] = (pl_module.hparams.attn_implementation, pl_module.policy.attn_implementation,
+                            pl_module.reference.model.attn_implementation)
 
     monkeypatch.setattr("anyalign.module.AlignModule.configure_callbacks", lambda self: [Probe()])
     monkeypatch.chdir(ROOT)
     main(["fit", "--config", "configs/image_dpo.yaml", "--trainer.max_steps", "2", "--trainer.num_sanity_val_steps", "0",
           "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false", "--data.num_workers", "0",
           "--trainer.default_root_dir", str(tmp_path)])
-    assert seen == {"shared": True}
+    assert seen == {"shared": True, "attn": ("auto", "sdpa", "sdpa")}  # the default resolves to SDPA on CPU
