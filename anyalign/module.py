@@ -18,8 +18,8 @@ from modalities.corruptions import NEEDS_DONOR
 
 from .data.negatives import validate_negatives
 from .losses import DATA_INPUTS, LOSSES, validate_terms
-from .precompute import BATCH_DEPENDENT, StaleCache
 from .model import MultimodalLM
+from .precompute import BATCH_DEPENDENT, StaleCache
 from .reference import STRATEGIES, FrozenCopy, PrecomputedReference, build_reference
 
 log = logging.getLogger("anyalign")
@@ -286,12 +286,14 @@ class AlignModule(L.LightningModule):
                 self.reference.share_frozen_encoders(self.policy)  # before .to(device): one tower on the GPU
         if self.reference is not None:
             self.reference.to(self.device)
-        made = getattr(self.reference, "manifest", None)
+
+    on_validation_start = on_test_start = on_predict_start = on_fit_start
+
+    def setup(self, stage: str) -> None:
+        made = getattr(self.reference, "manifest", None)  # checked by the data module's setup, which runs first
         if made and made.get("precision") != str(self.trainer.precision):
             log.warning("reference log-probs in %s were computed at precision %s, this run trains at %s",
                         self.reference.cache.path, made.get("precision"), self.trainer.precision)
-
-    on_validation_start = on_test_start = on_predict_start = on_fit_start
 
     def configure_optimizers(self):
         params = [p for p in self.policy.parameters() if p.requires_grad]

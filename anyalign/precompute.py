@@ -209,7 +209,7 @@ def run(args: list[str]) -> None:
                 "created": time.strftime("%Y-%m-%d %H:%M:%S"), "shards": data.all_urls()}
     fingerprint = _sha(manifest["fingerprint"])
     manifest["fingerprint"]["all"] = fingerprint
-    if trainer.is_global_zero or trainer.world_size == 1:
+    if trainer.is_global_zero:
         (Path(ref.cache.path) / "manifest.json").unlink(missing_ok=True)  # a run that dies leaves no cache
         for old in (Path(ref.cache.path) / "shards").glob("*.safetensors"):
             old.unlink(missing_ok=True)
