@@ -91,8 +91,10 @@ def _rewrite_sample(path, key):
     (["--data.max_length", "200"], r"data settings \['max_length'\] differ \(cache \[256\], this run \[200\]\)"),
     (["--seed_everything", "1"], r"the model differs .*initial policy's weights"),
     (["--model.chat_template", "{% for m in messages %}{{ m['content'] }}{% endfor %}"], "the template differs"),
+    (["--model.adapters", json.dumps({"image": {"class_path": "modalities.ImageAdapter", "init_args": {
+        "encoder": "assets/tiny-siglip", "spatial_pool": 2}}})], r"the model differs .*adapter settings"),
     (MDPO, r"holds \['chosen', 'rejected'\], but the loss terms need reference log-probs of \['chosen_corrupt'\]"),
-], ids=["max_length", "seed", "template", "sequences"])
+], ids=["max_length", "seed", "template", "adapter", "sequences"])
 def test_mismatched_cache_refused_at_start(shards, change, message):
     cache = shards / "cache"
     main(_args("precompute", shards, cache))
