@@ -193,7 +193,10 @@ def run(args: list[str]) -> None:
     with warnings.catch_warnings():  # args are sys.argv minus the word "precompute", on purpose
         warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
         cli = AlignCLI(AlignModule, PreferenceDataModule, run=False, seed_everything_default=0,
-                       parser_kwargs={"parser_mode": "omegaconf"}, save_config_callback=None, args=args)
+                       parser_kwargs={"parser_mode": "omegaconf", "prog": "python -m anyalign precompute",
+                                      "description": "Reference log-probs for model.reference: precomputed, "
+                                                     "written to model.reference_cache (same config as fit)."},
+                       save_config_callback=None, args=args)
     module, data, trainer = cli.model, cli.datamodule, cli.trainer
     ref = module.reference
     if ref is None:
