@@ -147,12 +147,9 @@ class MultimodalLM(nn.Module):
                     "layout's one mask would replace its per-layer masks")
         return None
 
-    def attention_mask(self, batch: dict, dtype: torch.dtype) -> torch.Tensor | BlockMask:
-        """The decoder's mask for this batch, built once per (kernel, dtype, device) and kept in the batch
-        under ``_attn_mask``: the reference forward on the same batch reuses the policy's."""
-        roles = batch["roles"]
+    def attention_mask(self, roles: torch.Tensor, dtype: torch.dtype, cache: dict) -> torch.Tensor | BlockMask:
+        """The decoder's mask for these rows, built once per (kernel, dtype, device) into ``cache``."""
         key = (self.attn_implementation, dtype, roles.device)
-        cache = batch.setdefault("_attn_mask", {})
         if key not in cache:
             cache[key] = self._build_mask(roles, dtype)
         return cache[key]
@@ -169,8 +166,11 @@ class MultimodalLM(nn.Module):
         return attention_mask_4d(roles, dtype)
 
     def forward(self, batch: dict) -> SeqLogps:
-        embeds = self.embed(batch["input_ids"], batch["media"], batch.setdefault("_media_features", {}))
-        mask = self.attention_mask(batch, embeds.dtype)
+        # work that depends on the batch only (the slot mask, frozen encoders' features) is kept in
+        # batch["_shared"], so the reference forward on the same batch reuses the policy's
+        shared = batch.setdefault("_shared", {})
+        embeds = self.embed(batch["input_ids"], batch["media"], shared.setdefault("features", {}))
+        mask = self.attention_mask(batch["roles"], embeds.dtype, shared.setdefault("mask", {}))
         hidden = self.lm.get_decoder()(inputs_embeds=embeds, attention_mask=mask,
                                        position_ids=batch["position_ids"], use_cache=False).last_hidden_state
         return gather_logps(hidden, self.lm.get_output_embeddings(), batch, self.softcap)

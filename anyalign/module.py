@@ -162,8 +162,7 @@ class AlignModule(L.LightningModule):
             return None
         policy = self.policy(batch)
         reference = self.reference(batch) if self.reference is not None else None
-        for shared in ("_attn_mask", "_media_features"):  # built once for both forwards; freed before backward
-            batch.pop(shared, None)
+        batch.pop("_shared", None)  # mask and media features built once for both forwards; freed before backward
         if isinstance(self.reference, PrecomputedReference):
             self._check_cached_tokens(batch, policy, reference)
         loss, rewards, metrics = 0.0, None, {}

@@ -156,8 +156,8 @@ def attach_reference(src: Iterator, cache: ReferenceCache) -> Iterator:
 class CacheWriter:
     """Collects ``predict_step`` records per shard; ``write`` stores this rank's part of each shard."""
 
-    def __init__(self, path: str, fingerprint: str, sequences: list[str], manifest: dict):
-        self.path, self.fingerprint, self.sequences, self.manifest = Path(path), fingerprint, sequences, manifest
+    def __init__(self, path: str, fingerprint: str, manifest: dict):
+        self.path, self.fingerprint, self.manifest = Path(path), fingerprint, manifest
         self.rows: dict[str, list] = {}
 
     def add(self, records: list) -> None:
@@ -216,7 +216,7 @@ def run(args: list[str]) -> None:
         (Path(ref.cache.path) / "manifest.json").unlink(missing_ok=True)  # a run that dies leaves no cache
         for old in (Path(ref.cache.path) / "shards").glob("*.safetensors"):
             old.unlink(missing_ok=True)
-    writer = CacheWriter(ref.cache.path, fingerprint, ref.sequences, manifest)
+    writer = CacheWriter(ref.cache.path, fingerprint, manifest)
 
     class Collect(L.Callback):
         def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):

@@ -87,8 +87,8 @@ class PrecomputedReference:
         self.cache = ReferenceCache(cache, "")
         self.manifest: dict | None = None
 
-    def check(self, data_fp: dict) -> dict:
-        """Refuse a cache made for another model, template or data settings; returns its manifest."""
+    def check(self, data_fp: dict) -> None:
+        """Refuse a cache made for another model, template or data settings; keep its manifest."""
         manifest = self.cache.load_manifest()
         missing = sorted(set(self.sequences) - set(manifest["sequences"]))
         if missing:
@@ -110,7 +110,6 @@ class PrecomputedReference:
                                  f"it with `python -m anyalign precompute` and this run's config")
         self.cache.fingerprint = stored["all"]
         self.manifest = manifest
-        return manifest
 
     def to(self, device: torch.device) -> "PrecomputedReference":
         return self

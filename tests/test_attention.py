@@ -106,7 +106,7 @@ def test_flex_equals_sdpa_and_separate_forwards(tiny_lm, tiny_vit, eager_flex):
         batch = _batch(model, exs, "shared")
         flex = _logps(model, batch)
     assert model.attn_implementation == "flex_attention"
-    assert [type(m) for m in batch["_attn_mask"].values()] == [BlockMask]  # no dense mask was built
+    assert [type(m) for m in batch["_shared"]["mask"].values()] == [BlockMask]  # no dense mask was built
     for name in ("chosen", "rejected"):
         torch.testing.assert_close(flex[name], separate[name], atol=1e-4, rtol=1e-5)
         torch.testing.assert_close(flex[name], sdpa[name], atol=1e-4, rtol=1e-5)
@@ -126,7 +126,7 @@ def test_flex_gradients_match_concatenated(tiny_lm):
         lp = _logps(model, batch)
         (lp["chosen"].sum() - 0.5 * lp["rejected"].sum()).backward()
         grads[layout] = [p.grad.clone() for p in model.parameters() if p.grad is not None]
-    assert isinstance(next(iter(batch["_attn_mask"].values())), BlockMask)
+    assert isinstance(next(iter(batch["_shared"]["mask"].values())), BlockMask)
     for a, b in zip(grads["shared"], grads["concatenated"], strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
