@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
 
 from modalities import ModalityAdapter
-from modalities.corruptions import NEEDS_DONOR
+from modalities.base import needs_donor
 
 from .data.negatives import validate_negatives
 from .losses import DATA_INPUTS, LOSSES, validate_terms
@@ -25,14 +25,14 @@ from .reference import STRATEGIES, FrozenCopy, PrecomputedReference, build_refer
 log = logging.getLogger("anyalign")
 
 
-def _check_precomputable(sequences: list[str], negatives: dict) -> None:
+def _check_precomputable(sequences: list[str], negatives: dict, adapters) -> None:
     """Only values that depend on the sample alone can be stored per sample."""
     for seq in sequences:
         if seq in BATCH_DEPENDENT:
             raise ValueError(f"model.reference=precomputed cannot store reference log-probs of {seq!r}: "
                              f"{BATCH_DEPENDENT[seq]}; use frozen_copy or adapter_disabled")
     if "chosen_corrupt" in sequences:
-        donors = [f"{m}.{op}" for m, ops in negatives.items() for op, _, _ in ops if op in NEEDS_DONOR]
+        donors = [f"{m}.{op}" for m, ops in negatives.items() for op, _, _ in ops if needs_donor(adapters[m].operators[op])]
         if donors:
             raise ValueError(f"model.reference=precomputed cannot store the conditional rows' reference log-probs "
                              f"under model.negatives {donors}: those operators take their donor from the batch; "
@@ -110,7 +110,7 @@ class AlignModule(L.LightningModule):
                                    gradient_checkpointing, trust_remote_code, lora)
         self.negatives = validate_negatives(negatives, self.policy.adapters)
         if reference == "precomputed" and needs_ref:
-            _check_precomputable(ref_sequences, self.negatives)
+            _check_precomputable(ref_sequences, self.negatives, self.policy.adapters)
         self.reference = build_reference(reference if needs_ref else "none", self.policy, reference_cache,
                                          ref_sequences, torch_dtype)
         if "chosen_corrupt" in self.sequences and not self.negatives:

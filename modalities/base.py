@@ -23,7 +23,42 @@ class BadSample(ValueError):
     """A sample that cannot be used; the message is the reason reported with its key."""
 
 
-class ModalityAdapter(nn.Module):
+class _RecordsInitArgs(type):
+    """Records the arguments an adapter was constructed with (``init_args``), so an export can rebuild any
+    adapter, one defined outside anyalign included. Done at the call ``Adapter(...)``, not in ``__new__``:
+    ``copy.deepcopy`` and ``pickle`` build instances through ``cls.__new__(cls)`` with no arguments and then
+    restore ``__dict__``, which already holds the record. ``**kwargs`` passed on to a parent are kept too."""
+
+    def __call__(cls, *args, **kwargs):
+        bound = inspect.signature(cls.__init__).bind(None, *args, **kwargs)
+        bound.apply_defaults()
+        recorded = {}
+        for name, value in list(bound.arguments.items())[1:]:
+            kind = inspect.signature(cls.__init__).parameters[name].kind
+            if kind is inspect.Parameter.VAR_KEYWORD:
+                recorded.update(value)
+            elif kind is inspect.Parameter.VAR_POSITIONAL:
+                if value:
+                    raise TypeError(f"{cls.__name__}: adapters take keyword-compatible arguments only, not *{name}")
+            else:
+                recorded[name] = value
+        obj = super().__call__(*args, **kwargs)
+        obj.__dict__["_init_args"] = recorded
+        return obj
+
+
+def uses_donor(op: Callable) -> Callable:
+    """Declare that a corruption operator takes another sample's items of the same batch (``donor=``), as
+    ``swap`` does. The collator then finds a donor for it; operators without the mark get ``donor=None``."""
+    op.needs_donor = True
+    return op
+
+
+def needs_donor(op: Callable) -> bool:
+    return bool(getattr(op, "needs_donor", False))
+
+
+class ModalityAdapter(nn.Module, metaclass=_RecordsInitArgs):
     #: text marker in prompts, one per media item
     placeholder: ClassVar[str] = ""
     #: shard member extensions this adapter consumes
@@ -32,21 +67,13 @@ class ModalityAdapter(nn.Module):
     #: has this adapter's placeholder and the sample has no member with one of ``extensions``
     container_extensions: ClassVar[tuple[str, ...]] = ()
     #: corruption operators for negatives: name -> ``op(items, rng, donor=None, **params) -> items``
-    #: (see ``modalities/corruptions.py``)
+    #: (see ``modalities/corruptions.py``); an operator marked with ``@uses_donor`` is given another sample's
+    #: items of the same batch as ``donor``
     operators: ClassVar[dict[str, Callable]] = {}
-
-    def __new__(cls, *args, **kwargs):
-        obj = super().__new__(cls)
-        bound = inspect.signature(cls.__init__).bind(None, *args, **kwargs)
-        bound.apply_defaults()
-        # record what the user passed, so export can rebuild the adapter without knowing its class
-        object.__setattr__(obj, "_init_args", {k: v for k, v in list(bound.arguments.items())[1:]
-                                               if k not in ("args", "kwargs")})
-        return obj
 
     @property
     def init_args(self) -> dict[str, Any]:
-        return dict(self._init_args)
+        return dict(self.__dict__.get("_init_args", {}))
 
     # ---- CPU side (data workers) ----
     def check_items(self, count: int) -> None:
@@ -71,6 +98,10 @@ class ModalityAdapter(nn.Module):
 
     def collate(self, items: list[torch.Tensor]) -> torch.Tensor:
         return torch.stack(items)
+
+    def preview(self, data: bytes, ext: str):
+        """A picture of one raw media item for ``inspect --render`` (a ``PIL.Image``), or None for none."""
+        return None
 
     # ---- model side ----
     def train(self, mode: bool = True) -> "ModalityAdapter":

@@ -3,7 +3,7 @@
 Each operator maps one sample's items of one modality (a list of preprocessed tensors) to corrupted
 items of the same shapes and dtypes, so the corrupted prompt takes exactly the same token positions.
 Randomness comes only from the ``torch.Generator`` passed in, so a seed gives the same output.
-Operators named in ``NEEDS_DONOR`` take another sample's items from the same batch (``swap``).
+Operators marked ``@uses_donor`` take another sample's items from the same batch (``swap``).
 
 Where this departs from the sources (METHODS.md, section H):
 - ``drop_segment`` (TPO) and ``downsample`` keep the frame count: the remaining frames are re-sampled
@@ -19,6 +19,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from .base import uses_donor
 
 Items = list[torch.Tensor]
 
@@ -133,6 +135,7 @@ def per_item(op):
 
 
 # ---- list-level operators ----
+@uses_donor
 def swap(items: Items, rng, donor: Items | None = None) -> Items:
     """Another sample's media in place of this one's (item by item)."""
     if donor is None or [d.shape for d in donor] != [x.shape for x in items]:
@@ -145,6 +148,7 @@ def shuffle_order(items: Items, rng, donor: Items | None = None) -> Items:
     return [items[i] for i in _derangement(len(items), rng)]
 
 
+@uses_donor
 def swap_one(items: Items, rng, donor: Items | None = None) -> Items:
     """Multi-image: one image replaced by an image of another sample."""
     if not donor:
@@ -165,8 +169,6 @@ def drop_one(items: Items, rng, donor: Items | None = None, value: float = -1.0)
     out[i] = torch.full_like(items[i], value)
     return out
 
-
-NEEDS_DONOR = {"swap", "swap_one", "swap_audio"}
 
 IMAGE_OPS = {"crop_keep": per_item(crop_keep), "gaussian_blur": per_item(gaussian_blur),
              "pixelate": per_item(pixelate), "diffusion_noise": per_item(diffusion_noise),

@@ -5,7 +5,8 @@ import torch
 
 from anyalign.data.collate import Collator
 from anyalign.data.negatives import corrupt_examples, validate_negatives
-from modalities.corruptions import AUDIO_OPS, IMAGE_OPS, MULTI_IMAGE_OPS, NEEDS_DONOR, VIDEO_OPS
+from modalities.base import needs_donor
+from modalities.corruptions import AUDIO_OPS, IMAGE_OPS, MULTI_IMAGE_OPS, VIDEO_OPS
 
 
 def _items(kind: str, seed: int) -> list[torch.Tensor]:
@@ -24,7 +25,7 @@ OPS = {"image": IMAGE_OPS, "multi_image": MULTI_IMAGE_OPS, "video": VIDEO_OPS, "
 def test_operator_keeps_shape_changes_content_and_is_seeded(kind, op):
     items, donor = _items(kind, 0), _items(kind, 1)
     fn = OPS[kind][op]
-    run = lambda: fn(items, torch.Generator().manual_seed(7), donor=donor if op in NEEDS_DONOR else None)
+    run = lambda: fn(items, torch.Generator().manual_seed(7), donor=donor if needs_donor(fn) else None)
     out = run()
     assert [x.shape for x in out] == [x.shape for x in items]
     assert [x.dtype for x in out] == [x.dtype for x in items]

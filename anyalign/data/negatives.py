@@ -9,8 +9,8 @@
 
 For each sample, one operator per configured modality is drawn with those probabilities (normalised to
 sum to 1) and applied in the data workers, with a generator seeded from (seed, sample key): the same
-sample gets the same corruption under the same seed. Operators that need another sample (``swap``)
-take a donor from the same batch, never the sample itself.
+sample gets the same corruption under the same seed. Operators that declare they need another sample
+(``@uses_donor``, e.g. ``swap``) take a donor from the same batch, never the sample itself.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import zlib
 
 import torch
 
-from modalities.corruptions import NEEDS_DONOR
+from modalities.base import needs_donor
 
 
 def validate_negatives(negatives: dict | None, adapters: dict) -> dict[str, list[tuple[str, float, dict]]]:
@@ -68,7 +68,7 @@ def corrupt_examples(examples: list[dict], spec: dict, adapters: dict, seed: int
             pick = torch.multinomial(torch.tensor([p for _, p, _ in choices]), 1, generator=rng).item()
             op, _, params = choices[pick]
             donor = None
-            if op in NEEDS_DONOR:
+            if needs_donor(adapters[modality].operators[op]):
                 others = [j for j in range(len(examples)) if j != i and modality in examples[j]["media"]]
                 if not others:  # a batch of one: no donor, so the sample keeps its media
                     continue
