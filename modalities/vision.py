@@ -15,23 +15,25 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from transformers import AutoConfig, AutoModel, CLIPVisionModel, SiglipVisionModel
 
 from .base import BadSample, check_pretrained
 
-# Full two-tower checkpoints (SigLIP, CLIP) are loaded as their vision tower only.
-VISION_TOWERS = {"siglip": SiglipVisionModel, "clip": CLIPVisionModel}
+# Full two-tower checkpoints (SigLIP, CLIP) are loaded as their vision tower only: model_type -> the
+# transformers class name (imported when an encoder is loaded, so importing an adapter stays light).
+VISION_TOWERS = {"siglip": "SiglipVisionModel", "clip": "CLIPVisionModel"}
 # Pixel cap against decompression bombs: 64 megapixels is far above any sane training image.
 MAX_PIXELS = 64_000_000
 
 
 def load_vision_encoder(path: str, trust_remote_code: bool = False) -> nn.Module:
+    import transformers
+
     check_pretrained(path, "vision encoder")
-    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     tower = VISION_TOWERS.get(config.model_type)
     if tower is not None:
-        return tower.from_pretrained(path)
-    return AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code)
+        return getattr(transformers, tower).from_pretrained(path)
+    return transformers.AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code)
 
 
 def vision_preprocessing(path: str, encoder_config) -> tuple[int, list[float], list[float]]:
