@@ -13,7 +13,8 @@ import torch
 
 from anyalign.data.pipeline import Skipped, decode
 from modalities import AudioAdapter
-from modalities.audio import ASTTower, WhisperFeatures, read_audio
+from modalities.audio_decode import read_audio
+from modalities.audio_towers import ASTTower, WhisperFeatures
 
 from conftest import ASSETS
 
