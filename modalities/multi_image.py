@@ -13,29 +13,16 @@ from .image import ImageAdapter
 class MultiImageAdapter(ImageAdapter):
     operators = MULTI_IMAGE_OPS  # the image operators plus the ones that act on the set (order, one image)
 
-    def __init__(
-        self,
-        encoder: str = "assets/tiny-siglip",
-        max_images: int = 4,
-        spatial_pool: int = 1,
-        projector_depth: int = 2,
-        freeze_encoder: bool = True,
-        freeze_projector: bool = False,
-        trust_remote_code: bool = False,
-    ):
+    def __init__(self, max_images: int = 4, **kwargs):
         """
         Args:
-            encoder: Hugging Face vision encoder (local directory or hub id), e.g. a SigLIP or CLIP checkpoint.
             max_images: a sample with more images than this is skipped (bounds tokens and decode time).
-            spatial_pool: average-pool the patch grid by this factor to cut tokens per image.
-            projector_depth: number of Linear layers in the MLP projector.
-            freeze_encoder: keep the vision encoder's weights fixed.
-            freeze_projector: keep the projector's weights fixed.
-            trust_remote_code: allow custom code from the encoder's repository (off unless you set it).
+            **kwargs: the image adapter's options (``encoder``, ``spatial_pool``, ``projector_depth``,
+                ``freeze_encoder``, ``freeze_projector``, ``trust_remote_code``), passed on to ``ImageAdapter``.
         """
         if max_images < 1:
             raise ValueError(f"max_images must be >= 1, got {max_images}")
-        super().__init__(encoder, spatial_pool, projector_depth, freeze_encoder, freeze_projector, trust_remote_code)
+        super().__init__(**kwargs)
         self.max_images = max_images
 
     def check_items(self, count: int) -> None:

@@ -65,3 +65,25 @@ def test_registry_knows_the_new_adapters():
     assert get_adapter_class("multi_image") is MultiImageAdapter
     assert get_adapter_class("audio") is AudioAdapter
     assert {"image", "multi_image", "video", "audio"} <= set(ADAPTERS)
+
+
+def test_init_args_pass_through_to_the_image_adapter_and_survive_export(tiny_lm, tiny_vit, tmp_path):
+    """``MultiImageAdapter(max_images, **kwargs)``: the image adapter's options reach it, are recorded with
+    ``max_images``, and the export rebuilds the adapter from them (the encoder moved into the export)."""
+    from anyalign.export import load_aligned, save_aligned
+
+    adapter = MultiImageAdapter(max_images=3, encoder=tiny_vit, spatial_pool=2, projector_depth=1)
+    assert adapter.init_args == {"max_images": 3, "encoder": tiny_vit, "spatial_pool": 2, "projector_depth": 1}
+    assert (adapter.max_images, adapter.tower.spatial_pool, adapter.projector_depth) == (3, 2, 1)
+    torch.manual_seed(0)
+    model = MultimodalLM(tiny_lm, {"image": adapter}).eval()
+    out = save_aligned(model, tmp_path / "export")
+    meta = json.loads((out / "anyalign.json").read_text())["adapters"]["image"]
+    assert meta["class_path"] == "modalities.multi_image.MultiImageAdapter"
+    assert meta["init_args"] == {**adapter.init_args, "encoder": "adapters/image/encoder"}
+    reloaded = load_aligned(out).adapters["image"]
+    assert type(reloaded) is MultiImageAdapter
+    assert reloaded.init_args == {**adapter.init_args, "encoder": str(out / "adapters" / "image" / "encoder")}
+    assert (reloaded.max_images, reloaded.tower.spatial_pool, reloaded.projector_depth) == (3, 2, 1)
+    for name, value in adapter.state_dict().items():
+        torch.testing.assert_close(reloaded.state_dict()[name], value)
