@@ -4,30 +4,41 @@ Every function returns ``(losses [B], chosen_rewards [B] | None, rejected_reward
 rewards are both tensors or both None. Its parameters without defaults are its inputs, named
 ``{policy|reference}_{sequence}[_avg]``: ``policy_chosen`` is the token-summed log-prob of the chosen
 response under the policy, ``reference_rejected_avg`` the per-token average under the reference, and so
-on. The only other inputs allowed are the per-example labels in ``DATA_INPUTS`` (KTO's ``desirable``).
+on; the sequence kinds are declared in ``anyalign/sequences.py``. The only other inputs allowed are the
+per-example labels in ``DATA_INPUTS`` (KTO's ``desirable``) and a term's running state (``reward_shift``:
+BCO's running mean, kept by the module and checkpointed).
 Parameters with defaults are hyper-parameters, set per term in the config. From the signature alone the
 registry knows whether a term needs a reference model and which sequences it needs, so the module
 computes nothing else, and a misspelt hyper-parameter fails at start-up. Formulas, defaults and
-sources: METHODS.md (section A, mDPO in C). Notation: r = policy − reference log-ratio, Δ = r_w − r_l.
+sources: ``docs/methods.md``. Notation: r = policy − reference log-ratio, Δ = r_w − r_l.
 
 Dense token weights (DDPO) need no loss here: the log-probs arrive already token-weighted.
 Departures from the papers: KTO's z0 is the mean over this batch (one device) rather than over all
-processes; ``bco_pair`` drops BCO's running-mean shift δ, as TRL's does; ORPO clamps the average
-log-prob (see ``_log_odds``); ``anchor`` and ``kto`` report no rewards.
+processes; ORPO clamps the average log-prob (see ``_log_odds``); ``anchor`` and ``kto`` report no rewards.
 """
 from __future__ import annotations
 
 import inspect
-import re
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from .sequences import DATA_INPUTS, SEQUENCES
+
 Out = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]
-_INPUT = re.compile(r"^(policy|reference)_([a-z]+(?:_corrupt)?)(_avg)?$")
-DATA_INPUTS = frozenset({"desirable"})  # per-example labels from the batch, not log-probs
+STATE_INPUTS = {"reward_shift": "RunningMean"}  # running state a term keeps across steps (see RunningMean)
+
+
+def parse_input(name: str) -> tuple[str, str, bool] | None:
+    """``reference_chosen_avg`` -> (``reference``, ``chosen``, True); None if not a log-prob input."""
+    source, _, rest = name.partition("_")
+    avg = rest.endswith("_avg")
+    seq = rest.removesuffix("_avg")
+    if source not in ("policy", "reference") or seq not in SEQUENCES:
+        return None
+    return source, seq, avg
 
 
 @dataclass(frozen=True)
@@ -37,20 +48,34 @@ class LossSpec:
     hyper: dict[str, object]
 
     @property
+    def logp_inputs(self) -> list[tuple[str, str, bool]]:
+        return [p for p in map(parse_input, self.inputs) if p is not None]
+
+    @property
     def needs_reference(self) -> bool:
-        return any(name.startswith("reference_") for name in self.inputs)
+        return any(source == "reference" for source, _, _ in self.logp_inputs)
 
     @property
     def sequences(self) -> frozenset[str]:
-        return frozenset(_INPUT.match(n).group(2) for n in self.inputs if n not in DATA_INPUTS)
+        return frozenset(seq for _, seq, _ in self.logp_inputs)
 
     @property
     def reference_sequences(self) -> frozenset[str]:
-        return frozenset(_INPUT.match(n).group(2) for n in self.inputs if n.startswith("reference_"))
+        return frozenset(seq for source, seq, _ in self.logp_inputs if source == "reference")
+
+    @property
+    def compares(self) -> tuple[str, ...]:
+        """The sequences its two rewards belong to, in order: (chosen, rejected) for a preference term,
+        (chosen, chosen_corrupt) for mDPO's conditional term."""
+        return tuple(dict.fromkeys(seq for _, seq, _ in self.logp_inputs))
 
     @property
     def data_inputs(self) -> tuple[str, ...]:
         return tuple(n for n in self.inputs if n in DATA_INPUTS)
+
+    @property
+    def state(self) -> tuple[str, ...]:
+        return tuple(n for n in self.inputs if n in STATE_INPUTS)
 
 
 LOSSES: dict[str, LossSpec] = {}
@@ -60,10 +85,11 @@ def register(name: str):
     def wrap(fn):
         params = inspect.signature(fn).parameters.values()
         inputs = tuple(p.name for p in params if p.default is inspect.Parameter.empty)
-        bad = [n for n in inputs if not (_INPUT.match(n) or n in DATA_INPUTS)]
+        bad = [n for n in inputs if not (parse_input(n) or n in DATA_INPUTS or n in STATE_INPUTS)]
         if bad:
-            raise TypeError(f"loss {name}: inputs {bad} do not follow {{policy|reference}}_<sequence>[_avg] "
-                            f"and are not one of {sorted(DATA_INPUTS)}")
+            raise TypeError(f"loss {name}: inputs {bad} are not {{policy|reference}}_<sequence>[_avg] with a "
+                            f"sequence kind of {sorted(SEQUENCES)}, nor one of {sorted(DATA_INPUTS)} or "
+                            f"{sorted(STATE_INPUTS)}")
         LOSSES[name] = LossSpec(fn, inputs, {p.name: p.default for p in params if p.default is not inspect.Parameter.empty})
         return fn
     return wrap
@@ -144,12 +170,40 @@ def nca_pair(policy_chosen, policy_rejected, reference_chosen, reference_rejecte
     return losses, *_rewards(beta, rc, rr)
 
 
+class RunningMean(torch.nn.Module):
+    """A running mean kept in buffers, so it is checkpointed with the module and restored on resume. It
+    moves only in training mode; under DDP each update averages the ranks' values first (every rank
+    computes every term each step, so the all-reduce is always matched)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))
+
+    def update(self, value: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            value = value.detach().double().mean()
+            import torch.distributed as dist
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                value = value.clone()
+                dist.all_reduce(value)
+                value /= dist.get_world_size()
+            self.count += 1
+            self.mean += (value - self.mean) / self.count
+        return self.mean
+
+
 @register("bco_pair")
-def bco_pair(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta: float = 0.1) -> Out:
-    """BCO on pairs (Jung et al. 2024): -log σ(β r_w) - log σ(-β r_l). The
-    paper's running-mean reward shift δ is dropped, as in TRL HEAD's ``bco_pair``: no state in a pure loss."""
+def bco_pair(policy_chosen, policy_rejected, reference_chosen, reference_rejected, reward_shift,
+             beta: float = 0.1) -> Out:
+    """BCO on pairs (Jung et al. 2024, eq. 8): -log σ(β r_w - δ) - log σ(-(β r_l - δ)), with δ the running
+    mean of the rewards β r_w and β r_l, updated with this batch before it is used (as TRL's ``bco_pair``).
+    ``reward_shift`` is the term's ``RunningMean``, the module's state (checkpointed). Departure from BCO's
+    own trainer: no density-ratio (UDM) weights."""
     rc, rr = _ratios(policy_chosen, policy_rejected, reference_chosen, reference_rejected)
-    return -F.logsigmoid(beta * rc) - F.logsigmoid(-beta * rr), *_rewards(beta, rc, rr)
+    delta = reward_shift.update(torch.cat([beta * rc, beta * rr])).to(rc.dtype)
+    losses = -F.logsigmoid(beta * rc - delta) - F.logsigmoid(-(beta * rr - delta))
+    return losses, *_rewards(beta, rc, rr)
 
 
 @register("sppo_hard")
@@ -165,7 +219,7 @@ def dpop(policy_chosen, policy_rejected, reference_chosen, reference_rejected,
          beta: float = 0.1, dpop_lambda: float = 50.0) -> Out:
     """DPO-Positive (Pal et al. 2024, Smaug): -log σ(β[Δ - λ·max(0, log π_ref(y_w) - log πθ(y_w))]);
     the penalty stops the chosen likelihood falling below the reference's. λ = 50 is a third-party
-    default (METHODS.md marks the form [UNVERIFIED])."""
+    default (the paper's form is unverified here; see docs/methods.md)."""
     rc, rr = _ratios(policy_chosen, policy_rejected, reference_chosen, reference_rejected)
     penalty = torch.relu(reference_chosen - policy_chosen)
     return -F.logsigmoid(beta * (rc - rr - dpop_lambda * penalty)), *_rewards(beta, rc, rr)

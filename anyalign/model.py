@@ -33,6 +33,16 @@ log = logging.getLogger("anyalign")
 SHARED_LAYOUT_ATTENTION = ("sdpa", "eager", "flex_attention")
 
 
+class StepCache:
+    """Work that depends on one batch only, shared by the forwards on it (the policy's and the reference's):
+    the slot mask per (kernel, dtype, device), and frozen encoders' features per modality. The module makes
+    one per step and drops it before backward, so nothing outlives the step."""
+
+    def __init__(self):
+        self.masks: dict = {}
+        self.features: dict[str, dict] = {}
+
+
 class MultimodalLM(nn.Module):
     def __init__(
         self,
@@ -85,15 +95,15 @@ class MultimodalLM(nn.Module):
         self.softcap = getattr(self.lm.config.get_text_config(), "final_logit_softcapping", None)
         self.train()  # from_pretrained returns eval-mode modules; training needs the LM's dropout back
 
-    def embed(self, input_ids: torch.Tensor, media: dict, shared: dict | None = None) -> torch.Tensor:
-        """Token embeddings with each placeholder position replaced by its adapter's output. ``shared``: a
-        per-batch dict in which adapters with a frozen encoder leave their features for the next forward
-        on the same batch (the reference model's), so the encoders run once per batch."""
+    def embed(self, input_ids: torch.Tensor, media: dict, features: dict | None = None) -> torch.Tensor:
+        """Token embeddings with each placeholder position replaced by its adapter's output. ``features``: a
+        per-batch dict (``StepCache.features``) in which adapters with a frozen encoder leave their features
+        for the next forward on the same batch (the reference model's), so the encoders run once per batch."""
         embeds = self.lm.get_input_embeddings()(input_ids)
         for modality, items in media.items():
             adapter = self.adapters[modality]
-            if shared is not None and adapter.shares_features():
-                feats = adapter(items, features=shared.setdefault(modality, {}))
+            if features is not None and adapter.shares_features():
+                feats = adapter(items, features=features.setdefault(modality, {}))
             else:
                 feats = adapter(items)
             feats = torch.cat(list(feats)) if isinstance(feats, (list, tuple)) else feats.flatten(0, 1)
@@ -165,12 +175,12 @@ class MultimodalLM(nn.Module):
             return attention_block_mask(roles)
         return attention_mask_4d(roles, dtype)
 
-    def forward(self, batch: dict) -> SeqLogps:
-        # work that depends on the batch only (the slot mask, frozen encoders' features) is kept in
-        # batch["_shared"], so the reference forward on the same batch reuses the policy's
-        shared = batch.setdefault("_shared", {})
-        embeds = self.embed(batch["input_ids"], batch["media"], shared.setdefault("features", {}))
-        mask = self.attention_mask(batch["roles"], embeds.dtype, shared.setdefault("mask", {}))
+    def forward(self, batch: dict, cache: StepCache | None = None) -> SeqLogps:
+        """Sequence log-probs of a collated batch. ``cache``: pass the step's ``StepCache`` so a second forward
+        on the same batch (the reference's) reuses the slot mask and frozen encoders' features."""
+        cache = cache if cache is not None else StepCache()
+        embeds = self.embed(batch["input_ids"], batch["media"], cache.features)
+        mask = self.attention_mask(batch["roles"], embeds.dtype, cache.masks)
         hidden = self.lm.get_decoder()(inputs_embeds=embeds, attention_mask=mask,
                                        position_ids=batch["position_ids"], use_cache=False).last_hidden_state
         return gather_logps(hidden, self.lm.get_output_embeddings(), batch, self.softcap)

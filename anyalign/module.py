@@ -12,31 +12,18 @@ import math
 import lightning as L
 import torch
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
+from torch import nn
 
 from modalities import ModalityAdapter
-from modalities.base import needs_donor
 
 from .data.negatives import validate_negatives
-from .losses import DATA_INPUTS, LOSSES, validate_terms
-from .model import MultimodalLM
-from .precompute import BATCH_DEPENDENT, StaleCache
-from .reference import STRATEGIES, FrozenCopy, PrecomputedReference, build_reference
+from .losses import DATA_INPUTS, LOSSES, RunningMean, validate_terms
+from .metrics import HeldOut, TermOutput, default_reward_term, step_metrics
+from .model import MultimodalLM, StepCache
+from .reference import STRATEGIES, build_reference
+from .sequences import Needs
 
 log = logging.getLogger("anyalign")
-
-
-def _check_precomputable(sequences: list[str], negatives: dict, adapters) -> None:
-    """Only values that depend on the sample alone can be stored per sample."""
-    for seq in sequences:
-        if seq in BATCH_DEPENDENT:
-            raise ValueError(f"model.reference=precomputed cannot store reference log-probs of {seq!r}: "
-                             f"{BATCH_DEPENDENT[seq]}; use frozen_copy or adapter_disabled")
-    if "chosen_corrupt" in sequences:
-        donors = [f"{m}.{op}" for m, ops in negatives.items() for op, _, _ in ops if needs_donor(adapters[m].operators[op])]
-        if donors:
-            raise ValueError(f"model.reference=precomputed cannot store the conditional rows' reference log-probs "
-                             f"under model.negatives {donors}: those operators take their donor from the batch; "
-                             f"use operators that need no donor, or frozen_copy / adapter_disabled")
 
 
 class AlignModule(L.LightningModule):
@@ -59,6 +46,7 @@ class AlignModule(L.LightningModule):
         gradient_checkpointing: bool = False,
         trust_remote_code: bool = False,
         export_dir: str | None = "export",
+        reward_term: str | None = None,
     ):
         """
         Args:
@@ -89,6 +77,8 @@ class AlignModule(L.LightningModule):
             trust_remote_code: allow custom model code from the LM's repository (off unless you set it).
             export_dir: where the aligned model is written in Hugging Face format at the end of ``fit``
                 (relative paths go under the run's log directory); None disables.
+            reward_term: the loss term whose rewards are logged as ``rewards/*`` and give the held-out
+                accuracy (default: the only term comparing chosen with rejected; required if there are several).
         """
         super().__init__()
         self.save_hyperparameters(ignore=["adapters"])
@@ -104,22 +94,25 @@ class AlignModule(L.LightningModule):
         if scheduler not in ("cosine", "constant"):
             raise ValueError(f"model.scheduler={scheduler!r} is not one of ('cosine', 'constant')")
         self.sequences = sorted(set().union(*(LOSSES[t["name"]].sequences for t in self.terms)))
+        self.needs = Needs(tuple(self.sequences))
+        self.reward_term = default_reward_term(self.terms, reward_term)
         # the sequences the terms take from the reference model
         ref_sequences = sorted(set().union(*(LOSSES[t["name"]].reference_sequences for t in self.terms)))
         self.policy = MultimodalLM(lm, dict(adapters or {}), attn_implementation, torch_dtype, chat_template,
                                    gradient_checkpointing, trust_remote_code, lora)
         self.negatives = validate_negatives(negatives, self.policy.adapters)
-        if reference == "precomputed" and needs_ref:
-            _check_precomputable(ref_sequences, self.negatives, self.policy.adapters)
-        self.reference = build_reference(reference if needs_ref else "none", self.policy, reference_cache,
-                                         ref_sequences, torch_dtype)
-        if "chosen_corrupt" in self.sequences and not self.negatives:
-            names = [t["name"] for t in self.terms if "chosen_corrupt" in LOSSES[t["name"]].sequences]
+        if self.needs.train_negatives and not self.negatives:
+            names = [t["name"] for t in self.terms if Needs(tuple(LOSSES[t["name"]].sequences)).train_negatives]
             raise ValueError(f"loss term(s) {names} score the chosen response under corrupted media, but "
                              "model.negatives names no corruption operator")
+        self.reference = build_reference(reference if needs_ref else "none", self.policy, reference_cache,
+                                         ref_sequences, torch_dtype, self.negatives)
+        # running state of terms that keep one (BCO's reward mean): buffers, so checkpoints hold them
+        self.term_state = nn.ModuleDict({str(i): RunningMean() for i, t in enumerate(self.terms)
+                                         if LOSSES[t["name"]].state})
         self.skipped: list[tuple[str, str, str]] = []
         self.val_history: list[dict] = []
-        self._val = {}
+        self._held_out = HeldOut()
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=True, **kwargs):
@@ -147,77 +140,47 @@ class AlignModule(L.LightningModule):
         return module
 
     # ---- log-probs and loss terms ----
-    def _inputs(self, name: str, policy, reference, batch) -> torch.Tensor:
+    def _inputs(self, name: str, policy, reference, batch, state) -> torch.Tensor:
         if name in DATA_INPUTS:  # a label carried by the batch, e.g. KTO's desirable flag
             return batch[name]
+        if name == "reward_shift":
+            return state
         source, _, seq = name.partition("_")
         avg = seq.endswith("_avg")
         seq = seq.removesuffix("_avg")
         logps, tokens = (policy if source == "policy" else reference).select(batch["index"][seq])
         return logps / tokens.clamp(min=1) if avg else logps
 
+    def loss_terms(self, policy, reference, batch) -> tuple[torch.Tensor, list[TermOutput]]:
+        """The weighted sum of the configured terms, and each term's output."""
+        loss, outputs = 0.0, []
+        for i, term in enumerate(self.terms):
+            spec, state = LOSSES[term["name"]], self.term_state[str(i)] if str(i) in self.term_state else None
+            out = spec.fn(**{n: self._inputs(n, policy, reference, batch, state) for n in spec.inputs},
+                          **term["params"])
+            loss = loss + term["weight"] * out[0].mean()
+            outputs.append(TermOutput(term["name"], *out))
+        return loss, outputs
+
     def _step(self, batch: dict, stage: str):
         self._record_skipped(batch, stage)
         if batch["num_sequences"] == 0:
             return None
-        policy = self.policy(batch)
-        reference = self.reference(batch) if self.reference is not None else None
-        batch.pop("_shared", None)  # mask and media features built once for both forwards; freed before backward
-        if isinstance(self.reference, PrecomputedReference):
-            self._check_cached_tokens(batch, policy, reference)
-        loss, rewards, metrics = 0.0, None, {}
-        for term in self.terms:
-            spec = LOSSES[term["name"]]
-            losses, chosen_r, rejected_r = spec.fn(**{n: self._inputs(n, policy, reference, batch)
-                                                      for n in spec.inputs}, **term["params"])
-            loss = loss + term["weight"] * losses.mean()
-            if chosen_r is None or rejected_r is None:
-                continue
-            if rewards is None:
-                rewards = (chosen_r, rejected_r)
-            else:  # further terms with rewards, e.g. rewards/conditional_margin
-                metrics[f"rewards/{term['name']}_margin"] = (chosen_r - rejected_r).mean()
-        metrics["loss"] = loss.detach()
-        if "chosen_corrupt" in batch["index"]:  # policy-side log p(chosen | media) - log p(chosen | corrupted)
-            metrics["media_reliance"] = (policy.logps[batch["index"]["chosen"]]
-                                         - policy.logps[batch["index"]["chosen_corrupt"]]).detach().mean()
-        if rewards is not None:
-            c, r = rewards
-            metrics |= {"rewards/chosen": c.mean(), "rewards/rejected": r.mean(),
-                        "rewards/margins": (c - r).mean(), "rewards/accuracies": (c > r).float().mean()}
-        for seq in ("chosen", "rejected", "completion"):
-            if seq in batch["index"] and seq in self.sequences:
-                metrics[f"logps/{seq}"] = policy.logps[batch["index"][seq]].detach().mean()
-        correct = ((rewards[0] > rewards[1]).float(), rewards[0] == rewards[1]) if rewards is not None else None
-        if "desirable" in batch and reference is not None:  # unpaired: the implicit reward's sign vs the label
-            ix = batch["index"]["completion"]
-            r = (policy.logps[ix] - reference.logps[ix]).detach()
-            d = batch["desirable"]
-            metrics["rewards/accuracies"] = ((r > 0) == d).float().mean()
-            if d.any():  # a batch may hold one label only: no NaN means in the logs
-                metrics["rewards/desirable"] = r[d].mean()
-            if not d.all():
-                metrics["rewards/undesirable"] = r[~d].mean()
-            correct = (((r > 0) == d).float(), r == 0)
-        return loss, metrics, correct
-
-    def _check_cached_tokens(self, batch, policy, reference) -> None:
-        for seq in self.reference.sequences:
-            ix = batch["index"].get(seq)
-            if ix is None:
-                continue
-            bad = (policy.tokens[ix] != reference.tokens[ix]).nonzero().flatten().tolist()
-            if bad:
-                raise StaleCache(f"reference cache {self.reference.cache.path}: {seq} of sample(s) "
-                                 f"{[batch['keys'][i] for i in bad]} has {int(policy.tokens[ix][bad[0]])} tokens now "
-                                 f"but {int(reference.tokens[ix][bad[0]])} when precomputed; recompute the cache")
+        cache = StepCache()  # mask and media features built once for both forwards
+        policy = self.policy(batch, cache)
+        reference = self.reference(batch, cache)
+        del cache  # freed before backward
+        self.reference.check_batch(batch, policy)
+        loss, outputs = self.loss_terms(policy, reference, batch)
+        metrics, verdicts = step_metrics(loss, outputs, self.reward_term, policy, reference, batch)
+        return loss, metrics, verdicts
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> list:
         """``python -m anyalign precompute``: the initial policy's (= the reference's) log-probs per sample."""
         self._record_skipped(batch, "predict")
         if batch["num_sequences"] == 0:
             return []
-        out = self.policy(batch)
+        out = self.policy(batch, StepCache())
         seqs = self.reference.sequences
         records = []
         for i, key in enumerate(batch["keys"]):
@@ -242,31 +205,23 @@ class AlignModule(L.LightningModule):
         out = self._step(batch, "val")
         if out is None:
             return None
-        _, metrics, correct = out
+        _, metrics, verdicts = out
         bs = len(batch["keys"])
         for k, v in metrics.items():
             self.log(f"val/{k}", v, prog_bar=k in ("loss", "rewards/accuracies", "media_reliance"), batch_size=bs,
                      sync_dist=True)
-        if correct is not None:
-            acc, ties = correct
-            self._val["correct"] = self._val.get("correct", 0.0) + float(acc.sum())
-            self._val["ties"] = self._val.get("ties", 0) + int(ties.sum())
-            self._val["pairs"] = self._val.get("pairs", 0) + len(acc)
+        if verdicts is not None:
+            self._held_out.add(verdicts)
 
     def on_validation_epoch_start(self) -> None:
-        self._val = {}
+        self._held_out = HeldOut()
 
     def on_validation_epoch_end(self) -> None:
-        if self.trainer.world_size > 1:  # each rank saw its own share of the held-out pairs: sum them
-            names = ("correct", "ties", "pairs")
-            total = self.trainer.strategy.reduce(torch.tensor([float(self._val.get(k, 0)) for k in names],
-                                                              dtype=torch.float64, device=self.device), reduce_op="sum")
-            self._val = {k: (v if k == "correct" else int(v)) for k, v in zip(names, total.tolist())}
-        if self._val.get("pairs"):
-            self.val_history.append({"step": self.global_step, "sanity": self.trainer.sanity_checking,
-                                     "accuracy": self._val["correct"] / self._val["pairs"],
-                                     "ties": self._val["ties"],
-                                     "pairs": self._val["pairs"]})
+        if self.trainer.world_size > 1:
+            self._held_out.reduce(self.trainer.strategy, self.device)
+        summary = self._held_out.summary(self.global_step, self.trainer.sanity_checking)
+        if summary is not None:
+            self.val_history.append(summary)
 
     def _record_skipped(self, batch: dict, stage: str) -> None:
         for url, key, reason in batch.get("skipped", []):
@@ -278,21 +233,20 @@ class AlignModule(L.LightningModule):
     # ---- devices, optimizer, callbacks ----
     def on_fit_start(self) -> None:
         self.policy.configure_attention(self.device)  # attn_implementation=auto, resolved on the real device
-        if isinstance(self.reference, FrozenCopy):  # a deep copy made on CPU: its own config to resolve
-            self.reference.model.configure_attention(self.device)
-            strategy = self.trainer.strategy
-            if isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)) and not isinstance(strategy, DeepSpeedStrategy):
-                self.reference.share_frozen_encoders(self.policy)  # before .to(device): one tower on the GPU
-        if self.reference is not None:
-            self.reference.to(self.device)
+        strategy = self.trainer.strategy
+        # FSDP and DeepSpeed rewrite the policy's modules in place: nothing of it can be shared there
+        unsharded = isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)) and not isinstance(strategy, DeepSpeedStrategy)
+        self.reference.setup(self.policy, self.device, share_frozen=unsharded)
 
     on_validation_start = on_test_start = on_predict_start = on_fit_start
 
     def setup(self, stage: str) -> None:
-        made = getattr(self.reference, "manifest", None)  # checked by the data module's setup, which runs first
-        if made and made.get("precision") != str(self.trainer.precision):
-            log.warning("reference log-probs in %s were computed at precision %s, this run trains at %s",
-                        self.reference.cache.path, made.get("precision"), self.trainer.precision)
+        self.reference.check_precision(str(self.trainer.precision))  # the data module's setup, run first, checked the rest
+
+    def bind_data(self, data) -> None:
+        """Late binding of the data module to this model: tokenizer, adapters, negatives, sequence needs and
+        the reference's own data stages (a precomputed cache, checked against the data settings here)."""
+        data.bind(self.policy, self.negatives, self.needs, self.reference)
 
     def configure_optimizers(self):
         params = [p for p in self.policy.parameters() if p.requires_grad]

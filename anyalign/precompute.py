@@ -1,211 +1,39 @@
-"""Precomputed reference log-probs: the reference model runs once, before training, and never during it.
+"""``python -m anyalign precompute --config my.yaml``: the reference model runs once, before training.
 
     python -m anyalign precompute --config my.yaml   # my.yaml: model.reference: precomputed, model.reference_cache: DIR
     python -m anyalign fit --config my.yaml
 
 ``precompute`` builds the run exactly as ``fit`` would (same seed, so the same initial policy, which is
 the reference), streams every training and held-out shard once in order, and stores per sample the
-reference log-prob sums and token counts of the sequences the loss terms need. Training reads them in
-the data workers next to the sample; no reference model is built.
-
-What is stored is tied to what produced it:
-
-- ``manifest.json`` holds a fingerprint of the **model** (a hash of the initial policy's weights, the
-  LM dtype and the adapters' preprocessing arguments), the **template** (chat template, tokenizer
-  vocabulary, placeholders) and the **data** settings (``max_length``, and the corruption seed and
-  operators when conditional rows are stored). ``fit`` refuses a cache whose fingerprint differs.
-- each sample carries a digest of its raw tar members; a sample whose bytes changed, or that the cache
-  does not know, stops training with its key and shard named. Token counts are checked at each step.
-
-Cache layout: ``DIR/manifest.json`` and ``DIR/shards/<shard>-<hash of its path>.r<rank>.safetensors``
-(tensors ``logps`` and ``tokens`` of shape ``[samples, sequences]``; keys and digests in the header).
-Several ranks may precompute in parallel (``--trainer.strategy ddp``); each writes its own part files.
+reference log-prob sums and token counts of the sequences the loss terms need
+(``anyalign/reference/cache.py``). Training reads them in the data workers next to the sample; no
+reference model is built.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
-import os
 import time
-import warnings
 from pathlib import Path
-from typing import Iterator
 
-import torch
+import lightning as L
 
-log = logging.getLogger("anyalign")
-
-VERSION = 1
-# sequences whose reference value depends on the rest of the batch cannot be stored per sample
-BATCH_DEPENDENT = {"kl": "KTO's KL baseline pairs each prompt with another sample's completion of the same batch"}
+from .cli import build_cli
+from .reference.cache import VERSION, CacheWriter, _sha
 
 
-class StaleCache(ValueError):
-    """The reference cache does not describe this run's model, template or data."""
-
-
-def _sha(*parts) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(p if isinstance(p, bytes) else json.dumps(p, sort_keys=True, default=str).encode())
-    return h.hexdigest()
-
-
-def model_fingerprint(policy, torch_dtype: str) -> str:
-    """Hash of the initial policy: every weight and buffer (names, dtypes, shapes, bytes), the LM dtype and
-    each adapter's constructor arguments (its preprocessing: frames, sizes, pooling, ...)."""
-    h = hashlib.sha256()
-    for name, t in sorted(policy.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    adapters = {m: (type(a).__module__ + "." + type(a).__qualname__, a.init_args) for m, a in policy.adapters.items()}
-    h.update(json.dumps([torch_dtype, adapters], sort_keys=True, default=str).encode())
-    return h.hexdigest()
-
-
-def template_fingerprint(policy) -> str:
-    tok = policy.tokenizer
-    backend = getattr(tok, "backend_tokenizer", None)
-    vocab = backend.to_str() if backend is not None else json.dumps(tok.get_vocab(), sort_keys=True)
-    return _sha(tok.chat_template, vocab.encode(), policy.media_token_ids, tok.pad_token_id)
-
-
-def shard_id(url: str) -> str:
-    """File-name-safe id of a shard: its name plus a hash of its resolved path (or URL)."""
-    where = os.path.realpath(url) if "://" not in url and not url.startswith("pipe:") else url
-    stem = Path(url.split("?")[0]).name.split(".")[0] or "shard"
-    return f"{stem}-{hashlib.sha1(where.encode()).hexdigest()[:12]}"
-
-
-def sample_digest(raw: dict) -> str:
-    """Digest of a raw sample's tar members (names and bytes), computed in the data workers."""
-    h = hashlib.blake2b(digest_size=16)
-    for field in sorted(k for k in raw if not k.startswith("__")):
-        h.update(field.encode() + b"\0" + len(raw[field]).to_bytes(8, "little"))
-        h.update(raw[field])
-    return h.hexdigest()
-
-
-def _rerun(cache: str) -> str:
-    return f"recompute it with `python -m anyalign precompute` and this run's config (model.reference_cache={cache})"
-
-
-class ReferenceCache:
-    """Read side, used in the data workers: (shard url, sample key) -> reference values. Picklable; each
-    worker loads the part files of the shards it reads, when it first meets them."""
-
-    def __init__(self, path: str, fingerprint: str):
-        self.path, self.fingerprint = str(path), fingerprint
-        self._shards: dict[str, dict[str, tuple[str, list[float], list[int]]]] = {}
-        self.sequences: list[str] = []
-
-    def load_manifest(self) -> dict:
-        f = Path(self.path) / "manifest.json"
-        if not f.is_file():
-            raise StaleCache(f"model.reference=precomputed: no reference cache at {self.path} (no manifest.json); "
-                             f"compute it first with `python -m anyalign precompute --config <this config>`")
-        manifest = json.loads(f.read_text())
-        if manifest.get("version") != VERSION:
-            raise StaleCache(f"reference cache {self.path} has format version {manifest.get('version')}, "
-                             f"this anyalign reads {VERSION}; {_rerun(self.path)}")
-        self.sequences = manifest["sequences"]
-        return manifest
-
-    def _load_shard(self, url: str) -> dict:
-        from safetensors import safe_open
-        parts = sorted((Path(self.path) / "shards").glob(f"{shard_id(url)}.r*.safetensors"))
-        if not parts:
-            raise StaleCache(f"reference cache {self.path} has no log-probs for shard {url}: it was not among the "
-                             f"shards precomputed (or it moved); {_rerun(self.path)}")
-        entries = {}
-        for part in parts:
-            with safe_open(str(part), framework="pt") as f:
-                meta = f.metadata()
-                if meta.get("fingerprint") != self.fingerprint:
-                    raise StaleCache(f"reference cache part {part} was written by another precompute run than "
-                                     f"{self.path}/manifest.json; {_rerun(self.path)}")
-                logps, tokens = f.get_tensor("logps").tolist(), f.get_tensor("tokens").tolist()
-            for key, digest, lp, tk in zip(json.loads(meta["keys"]), json.loads(meta["digests"]), logps, tokens):
-                entries[key] = (digest, lp, tk)
-        return entries
-
-    def lookup(self, url: str, key: str, digest: str) -> dict[str, tuple[float, int]]:
-        if url not in self._shards:
-            self._shards[url] = self._load_shard(url)
-        entry = self._shards[url].get(key)
-        if entry is None:
-            raise StaleCache(f"reference cache {self.path} has no entry for sample {key} of shard {url}: the shard "
-                             f"changed since the reference log-probs were computed; {_rerun(self.path)}")
-        if entry[0] != digest:
-            raise StaleCache(f"sample {key} of shard {url} changed since its reference log-probs were computed "
-                             f"(its bytes no longer match the cache {self.path}); {_rerun(self.path)}")
-        return {seq: (lp, tk) for seq, lp, tk in zip(self.sequences, entry[1], entry[2])}
-
-
-def attach_reference(src: Iterator, cache: ReferenceCache) -> Iterator:
-    """Data-pipeline stage: give each example its stored reference values (``example["reference"]``)."""
-    from .data.pipeline import Skipped
-    for ex in src:
-        if not isinstance(ex, Skipped):
-            ex["reference"] = cache.lookup(ex["url"], ex["key"], ex["digest"])
-        yield ex
-
-
-class CacheWriter:
-    """Collects ``predict_step`` records per shard; ``write`` stores this rank's part of each shard."""
-
-    def __init__(self, path: str, fingerprint: str, manifest: dict):
-        self.path, self.fingerprint, self.manifest = Path(path), fingerprint, manifest
-        self.rows: dict[str, list] = {}
-
-    def add(self, records: list) -> None:
-        for url, key, digest, logps, tokens in records:
-            self.rows.setdefault(url, []).append((key, digest, logps, tokens))
-
-    def write(self, rank: int) -> int:
-        from safetensors.torch import save_file
-        shards = self.path / "shards"
-        shards.mkdir(parents=True, exist_ok=True)
-        n = 0
-        for url, rows in self.rows.items():
-            save_file({"logps": torch.tensor([r[2] for r in rows], dtype=torch.float32),
-                       "tokens": torch.tensor([r[3] for r in rows], dtype=torch.int32)},
-                      str(shards / f"{shard_id(url)}.r{rank}.safetensors"),
-                      metadata={"fingerprint": self.fingerprint, "url": url,
-                                "keys": json.dumps([r[0] for r in rows]), "digests": json.dumps([r[1] for r in rows])})
-            n += len(rows)
-        if rank == 0:
-            (self.path / "manifest.json").write_text(json.dumps(self.manifest, indent=1))
-        return n
-
-
-def run(args: list[str]) -> None:
+def main(args: list[str]) -> None:
     """``python -m anyalign precompute --config X [overrides]``: write model.reference_cache for config X."""
-    import lightning as L
-
-    from .__main__ import AlignCLI
-    from .data import PreferenceDataModule
-    from .module import AlignModule
-    from .reference import PrecomputedReference
-
-    with warnings.catch_warnings():  # args are sys.argv minus the word "precompute", on purpose
-        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
-        cli = AlignCLI(AlignModule, PreferenceDataModule, run=False, seed_everything_default=0,
-                       parser_kwargs={"parser_mode": "omegaconf", "prog": "python -m anyalign precompute",
-                                      "description": "Reference log-probs for model.reference: precomputed, "
-                                                     "written to model.reference_cache (same config as fit)."},
-                       save_config_callback=None, args=args)
+    cli = build_cli(args, prog="python -m anyalign precompute",
+                    description="Reference log-probs for model.reference: precomputed, written to "
+                                "model.reference_cache (same config as fit).")
     module, data, trainer = cli.model, cli.datamodule, cli.trainer
     ref = module.reference
-    if ref is None:
+    if ref.name == "none":
         raise SystemExit(f"precompute: the loss terms {[t['name'] for t in module.terms]} need no reference model; "
                          "there is nothing to precompute")
-    if not isinstance(ref, PrecomputedReference):
+    if ref.name != "precomputed":
         raise SystemExit("precompute: set model.reference: precomputed and model.reference_cache: DIR in the config "
                          f"(it has model.reference={module.hparams.reference!r})")
-    data.bind(module.policy, module.negatives, "chosen_corrupt" in ref.sequences, "completion" in module.sequences)
+    data.bind(module.policy, module.negatives, module.needs)  # the cache is what is being written: no check
     manifest = {"version": VERSION, "fingerprint": {"model": ref.model_fp, "template": ref.template_fp,
                                                      "data": data.reference_fingerprint(ref.sequences)},
                 "sequences": ref.sequences, "precision": str(trainer.precision),

@@ -9,7 +9,7 @@ from torch.nn.attention.flex_attention import BlockMask, create_mask
 import anyalign.model
 from anyalign.data.collate import collate_rows, rows_for
 from anyalign.logprobs import attention_block_mask, attention_mask_4d
-from anyalign.model import MultimodalLM
+from anyalign.model import MultimodalLM, StepCache
 from test_model import _examples, _separate
 
 
@@ -39,8 +39,8 @@ def _batch(model, examples, layout):
                         len(examples))
 
 
-def _logps(model, batch):
-    out = model(batch)
+def _logps(model, batch, cache=None):
+    out = model(batch, cache)
     return {k: out.logps[ix] for k, ix in batch["index"].items()}
 
 
@@ -104,9 +104,10 @@ def test_flex_equals_sdpa_and_separate_forwards(tiny_lm, tiny_vit, eager_flex):
         sdpa = _logps(model, _batch(model, exs, "shared"))
         model.lm.set_attn_implementation("flex_attention")
         batch = _batch(model, exs, "shared")
-        flex = _logps(model, batch)
+        cache = StepCache()
+        flex = _logps(model, batch, cache)
     assert model.attn_implementation == "flex_attention"
-    assert [type(m) for m in batch["_shared"]["mask"].values()] == [BlockMask]  # no dense mask was built
+    assert [type(m) for m in cache.masks.values()] == [BlockMask]  # no dense mask was built
     for name in ("chosen", "rejected"):
         torch.testing.assert_close(flex[name], separate[name], atol=1e-4, rtol=1e-5)
         torch.testing.assert_close(flex[name], sdpa[name], atol=1e-4, rtol=1e-5)
@@ -123,10 +124,11 @@ def test_flex_gradients_match_concatenated(tiny_lm):
         model.zero_grad()
         batch = {k: v.cuda() if torch.is_tensor(v) else v for k, v in _batch(model, exs, layout).items()}
         batch["index"] = {k: v.cuda() for k, v in batch["index"].items()}
-        lp = _logps(model, batch)
+        cache = StepCache()
+        lp = _logps(model, batch, cache)
         (lp["chosen"].sum() - 0.5 * lp["rejected"].sum()).backward()
         grads[layout] = [p.grad.clone() for p in model.parameters() if p.grad is not None]
-    assert isinstance(next(iter(batch["_shared"]["mask"].values())), BlockMask)
+    assert isinstance(next(iter(cache.masks.values())), BlockMask)
     for a, b in zip(grads["shared"], grads["concatenated"], strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
@@ -163,11 +165,12 @@ def test_mask_built_once_per_batch(text_model, attn, monkeypatch, eager_flex):
     batch = _batch(text_model, _text_examples(text_model), "shared")
     first = "attention_block_mask" if attn == "flex_attention" else "attention_mask_4d"
     with torch.no_grad():
-        policy, ref = text_model(batch), reference(batch)
+        cache = StepCache()
+        policy, ref = text_model(batch, cache), reference(batch, cache)
         assert built == [first]
         torch.testing.assert_close(policy.logps, ref.logps)
         reference.lm.set_attn_implementation("eager")  # another kernel gets a mask of its own
-        torch.testing.assert_close(reference(batch).logps, policy.logps, atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(reference(batch, cache).logps, policy.logps, atol=1e-4, rtol=1e-5)
     assert built == [first, "attention_mask_4d"]
 
 

@@ -270,7 +270,7 @@ def test_corrupt_suite_one_epoch(tmp_path, audio_encoder, monkeypatch):
         assert word in reasons[key], f"{key}: {reasons[key]!r} lacks {word!r}"
 
     # the inspector reports the same bad samples, with the same reasons, as training did
-    from anyalign.data.inspect import example_stages, scan
+    from anyalign.data.scan import example_stages, scan
     dm = recorder.datamodule
     report = scan(dm.train_urls, example_stages(dm), 0, dict(dm.model.adapters.items()))
     assert {b["key"]: stable(b["reason"]) for b in report["bad_samples"]} == {k: stable(r) for k, r in reasons.items()}

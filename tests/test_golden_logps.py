@@ -26,26 +26,22 @@ def _signature() -> str:
 
 def compute(config: str) -> dict[str, torch.Tensor]:
     """Policy and reference log-probs of the first held-out batch of ``config``, as training computes them."""
-    from anyalign.__main__ import AlignCLI
-    from anyalign.data import PreferenceDataModule
-    from anyalign.module import AlignModule
+    from anyalign.cli import build_cli
+    from anyalign.model import StepCache
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one thread: the same reduction order every run
     try:
-        cli = AlignCLI(AlignModule, PreferenceDataModule, run=False, seed_everything_default=0,
-                       parser_kwargs={"parser_mode": "omegaconf"}, save_config_callback=None,
-                       args=["--config", str(ROOT / "configs" / f"{config}.yaml"), "--data.num_workers", "0"])
+        cli = build_cli(["--config", str(ROOT / "configs" / f"{config}.yaml"), "--data.num_workers", "0"])
         module, data = cli.model, cli.datamodule
-        data.bind(module.policy, module.negatives, "chosen_corrupt" in module.sequences,
-                  "completion" in module.sequences, module.reference)
+        module.bind_data(data)
         batch = next(iter(data.val_dataloader()))
         module.eval()
         with torch.no_grad():
-            policy = module.policy(batch)
-            reference = module.reference(batch) if module.reference is not None else None
-            batch.pop("_shared", None)
-            loss = module._step(batch, "val")[0]
+            cache = StepCache()
+            policy = module.policy(batch, cache)
+            reference = module.reference(batch, cache)
+            loss, _ = module.loss_terms(policy, reference, batch)
         out = {"policy_logps": policy.logps, "policy_tokens": policy.tokens, "loss": loss.detach().reshape(1)}
         if reference is not None:
             out |= {"reference_logps": reference.logps, "reference_tokens": reference.tokens}

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from anyalign.data.collate import Collator
-from anyalign.data.module import check_sample_kind
+from anyalign.data.loading import check_sample_kind
 from anyalign.data.pipeline import unpair
 from anyalign.data.schema import parse_record
 from modalities import BadSample
@@ -46,12 +46,12 @@ def test_kl_rows_use_the_next_samples_completion_in_the_same_row(image_model):
 def test_kto_on_paired_data_fails_before_training(tmp_path):
     shard = write_shard(tmp_path / "p.tar", [pair("a", jpg=jpeg_bytes(0))])
     with pytest.raises(ValueError, match="need unpaired samples.*data.unpair"):
-        check_sample_kind([shard], "data.train_shards", ["completion", "kl"])
-    check_sample_kind([shard], "data.train_shards", ["completion", "kl"], unpair=True)  # fine with unpair
+        check_sample_kind([shard], "data.train_shards", True)
+    check_sample_kind([shard], "data.train_shards", True, unpair=True)  # fine with unpair
     with pytest.raises(ValueError, match="need paired samples"):
         unp = write_shard(tmp_path / "u.tar", [{"__key__": "a", "json": {"prompt": "x", "completion": "y",
                                                                            "label": True}}])
-        check_sample_kind([unp], "data.train_shards", ["chosen", "rejected"])
+        check_sample_kind([unp], "data.train_shards", False)
 
 
 def test_mixed_kinds_skip_the_kind_the_losses_do_not_use():

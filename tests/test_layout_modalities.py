@@ -10,7 +10,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from anyalign.data import PreferenceDataModule
 from anyalign.data.collate import Collator
-from anyalign.data.inspect import example_stages
+from anyalign.data.scan import example_stages
 from anyalign.data.pipeline import Skipped, read_shards
 from anyalign.module import AlignModule
 

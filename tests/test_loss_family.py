@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from anyalign.losses import LOSSES, register, validate_terms
+from anyalign.losses import LOSSES, RunningMean, register, validate_terms
 
 
 def logsig(x):  # log σ(x), written out so the expected values do not reuse torch's formula
@@ -72,9 +72,12 @@ CASES = {
         (PAIR, {}, [-logsig(0.1) - 0.5 * logsig(-0.1) - 0.5 * logsig(0.1)], ([0.1], [-0.1])),
         (EQUAL, {}, [2 * LN2], ([0.0], [0.0])),
     ],
-    "bco_pair": [
-        (PAIR, {}, [-logsig(0.1) - logsig(0.1)], ([0.1], [-0.1])),
+    "bco_pair": [  # δ: the running mean after this batch's update (the first), = mean(β r_w, β r_l)
+        (PAIR, {}, [-logsig(0.1) - logsig(0.1)], ([0.1], [-0.1])),  # δ = 0
         (EQUAL, {}, [2 * LN2], ([0.0], [0.0])),
+        # r_w = +3, r_l = +1: δ = 0.2, so -log σ(0.3 - 0.2) - log σ(-(0.1 - 0.2))
+        ({**PAIR, "policy_chosen": [-8.0], "policy_rejected": [-10.0]}, {}, [-logsig(0.1) - logsig(0.1)],
+         ([0.3], [0.1])),
     ],
     "sppo_hard": [
         (PAIR, {}, [(1 - 5.0) ** 2 + (-1 + 5.0) ** 2], ([0.1], [-0.1])),  # 32
@@ -119,7 +122,8 @@ CASES = {
 
 
 def tensors(inputs: dict, dtype=torch.float64) -> dict:
-    return {k: torch.tensor(v, dtype=torch.bool if isinstance(v[0], bool) else dtype) for k, v in inputs.items()}
+    out = {k: torch.tensor(v, dtype=torch.bool if isinstance(v[0], bool) else dtype) for k, v in inputs.items()}
+    return out | {"reward_shift": RunningMean()}  # a fresh state for the terms that keep one (BCO)
 
 
 def test_every_registered_loss_has_hand_computed_cases():
@@ -157,6 +161,9 @@ def margin_inputs(name: str, m: float, dtype=torch.float32) -> dict:
         if n == "desirable":
             out[n] = torch.tensor([True, False])
             continue
+        if n == "reward_shift":
+            out[n] = RunningMean()
+            continue
         source, _, seq = n.partition("_")
         out[n] = torch.tensor(values[seq.removesuffix("_avg")] if source == "policy" else [ref, ref], dtype=dtype)
     return out
@@ -174,7 +181,7 @@ def test_large_margins_stay_finite(name, m):
     assert (chosen_r is None) == (rejected_r is None)  # the module logs both or neither
     losses.sum().backward()
     for k, v in x.items():
-        if v.grad is not None:
+        if isinstance(v, torch.Tensor) and v.grad is not None:
             assert torch.isfinite(v.grad).all(), (k, v.grad)
 
 
@@ -255,3 +262,19 @@ def test_robust_epsilon_out_of_range_fails_naming_the_term(eps):
 def test_unknown_parameter_fails_naming_the_term(term):
     with pytest.raises(ValueError, match=r"model\.losses\[1\].*unknown parameter"):
         validate_terms([{"name": "sigmoid"}, term])
+
+
+def test_bco_shift_is_a_running_mean_kept_in_training_and_checkpointed():
+    state = RunningMean()
+    x = tensors(PAIR) | {"reward_shift": state}
+    pair = {k: x[k] for k in LOSSES["bco_pair"].inputs}
+    LOSSES["bco_pair"].fn(**{**pair, "policy_chosen": torch.tensor([-8.0], dtype=torch.float64),
+                             "policy_rejected": torch.tensor([-10.0], dtype=torch.float64)})  # batch mean 0.2
+    LOSSES["bco_pair"].fn(**pair)  # batch mean 0.0
+    assert int(state.count) == 2 and float(state.mean) == pytest.approx(0.1, abs=1e-12)
+    state.eval()
+    LOSSES["bco_pair"].fn(**pair)  # evaluation reads δ but never moves it
+    assert int(state.count) == 2 and float(state.mean) == pytest.approx(0.1, abs=1e-12)
+    restored = RunningMean()
+    restored.load_state_dict(state.state_dict())
+    assert float(restored.mean) == float(state.mean) and int(restored.count) == 2

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from anyalign.__main__ import main
-from anyalign.precompute import StaleCache
+from anyalign.reference import StaleCache
 
 from conftest import ROOT
 from test_resume import _read
@@ -149,7 +149,7 @@ def test_two_ranks_precompute_what_one_does(shards, layout):
     import subprocess
     import sys
 
-    from anyalign.precompute import ReferenceCache
+    from anyalign.reference.cache import ReferenceCache
     from test_distributed import free_port
     one, two = shards / "one", shards / "two"
     shutil.copy(ROOT / "assets/data/image/train-001.tar", shards / "train-001.tar")

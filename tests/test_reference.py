@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from anyalign.data.collate import Collator
-from anyalign.model import MultimodalLM
+from anyalign.model import MultimodalLM, StepCache
 from anyalign.reference import build_reference
 from modalities import ImageAdapter
 
@@ -87,8 +87,9 @@ def test_frozen_encoder_runs_once_per_batch(tiny_lm, tiny_vit, strategy, lora):
     batch = _batch(policy)
     models = [policy] + ([reference.model] if strategy == "frozen_copy" else [])
     calls = _count_encoder_calls(*models)
-    policy(batch)
-    shared = reference(batch).logps
+    cache = StepCache()
+    policy(batch, cache)
+    shared = reference(batch, cache).logps
     assert len(calls) == 1
     torch.testing.assert_close(shared, alone, atol=0, rtol=0)
 
@@ -101,8 +102,9 @@ def test_trainable_encoder_is_not_shared(tiny_lm, tiny_vit):
     alone = reference(_batch(policy)).logps
     batch = _batch(policy)
     calls = _count_encoder_calls(policy, reference.model)
-    policy(batch)
-    torch.testing.assert_close(reference(batch).logps, alone, atol=0, rtol=0)
+    cache = StepCache()
+    policy(batch, cache)
+    torch.testing.assert_close(reference(batch, cache).logps, alone, atol=0, rtol=0)
     assert len(calls) == 2
 
 

@@ -6,6 +6,6 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from anyalign.precompute import run  # noqa: E402
+from anyalign.precompute import main  # noqa: E402
 
-run(sys.argv[1:])
+main(sys.argv[1:])

@@ -1,156 +1,25 @@
 """PreferenceDataModule: WebDataset shards in, collated preference batches out.
 
-Model-dependent settings bind late: in ``setup`` the module takes the tokenizer, the media token ids
-and the adapters' CPU preprocessing from the model being trained, so one data config serves any model.
-
-Every rank must run the same number of batches per epoch or distributed training hangs. With one
-process an epoch is exactly one pass (each sample once). With several, each rank reads its own disjoint
-shards, cycling them if needed, for ``samples_per_epoch // (world_size * batch_size)`` batches;
-``samples_per_epoch`` defaults to the number of samples counted in the shards' tar headers.
+Model-dependent settings bind late: in ``setup`` the LightningModule binds itself (``bind_data``), giving
+the tokenizer, the media token ids, the adapters' CPU preprocessing, the sequences its loss terms need and
+its reference's data stages, so one data config serves any model. Loaders and the equal-batches rule for
+several ranks: ``loading.py``.
 """
 from __future__ import annotations
 
 import logging
-import tarfile
 from functools import partial
-from pathlib import Path
 
-import braceexpand
 import lightning as L
-from torch.utils.data import DataLoader
 
-from modalities import BadSample
-
-from ..precompute import attach_reference
 from .collate import LAYOUTS, Collator
-from .pipeline import (PreferenceStream, batched, check_kind, decode, rank_and_world, tokenize, unpair,
-                       worker_init)
-from .schema import is_unpaired, parse_record
+from .loading import (Compose, EpochLoader, EqualBatches, check_sample_kind, count_samples, expand_shards,
+                      resume_position)
+from .scan import example_stages, preflight
+from .pipeline import PreferenceStream, batched, check_kind, decode, rank_and_world, tokenize, unpair, worker_init
 from .template import PreferenceTokenizer
 
 log = logging.getLogger("anyalign")
-
-
-def expand_shards(spec: str | list[str] | None, key: str) -> list[str]:
-    if spec is None:
-        return []
-    specs = [spec] if isinstance(spec, str) else list(spec)
-    urls = [u for s in specs for u in braceexpand.braceexpand(s)]
-    if not urls:
-        raise ValueError(f"{key}: no shards in {spec!r}")
-    for u in urls:
-        if "://" not in u and not u.startswith("pipe:") and not Path(u).is_file():
-            raise FileNotFoundError(f"{key}: shard not found: {u}")
-    return urls
-
-
-def check_sample_kind(urls: list[str], key: str, sequences: list[str], unpair: bool = False) -> None:
-    """Fail before training when the loss terms need unpaired samples and the shards hold pairs (or the
-    reverse), judged from the first sample of the first local shard."""
-    first = next((u for u in urls if Path(u).is_file()), None)
-    if first is None:
-        return
-    with tarfile.open(first) as tar:
-        member = next((m for m in tar if m.name.endswith(".json")), None)
-        if member is None:
-            return
-        try:
-            unpaired = unpair or is_unpaired(parse_record(tar.extractfile(member).read()))
-        except BadSample:
-            return  # a bad first sample is reported by the stream like any other
-    wants_unpaired = "completion" in sequences
-    if wants_unpaired != unpaired:
-        need = "unpaired samples (prompt, completion, label)" if wants_unpaired else "paired samples (chosen, rejected)"
-        have = "unpaired" if unpaired else "paired"
-        raise ValueError(f"model.losses need {need}, but {key} holds {have} samples ({first})"
-                         + ("; set data.unpair: true to split each pair into two" if wants_unpaired else ""))
-
-
-def count_samples(urls: list[str]) -> int:
-    """Samples in local shards, from tar headers only (``KEY.json`` members)."""
-    n = 0
-    for u in urls:
-        try:
-            with tarfile.open(u) as tar:
-                n += sum(1 for m in tar.getmembers() if m.name.endswith(".json"))
-        except (tarfile.TarError, OSError):
-            pass  # counted as bad when read
-    return n
-
-
-class Compose:
-    """Chain generator stages (picklable, unlike a closure, for spawned workers)."""
-
-    def __init__(self, stages: list):
-        self.stages = stages
-
-    def __call__(self, src):
-        for stage in self.stages:
-            src = stage(src)
-        return src
-
-
-class EqualBatches:
-    """Exactly ``n`` batches per epoch from ``loader``, restarting it if it runs dry."""
-
-    def __init__(self, loader: "EpochLoader", n: int):
-        self.loader, self.n = loader, n
-        self.sampler, self.dataset, self.batch_sampler = loader, loader.dataset, None  # see EpochLoader
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self):
-        done = self.loader.skip  # resumed mid-epoch: those batches were trained already
-        while done < self.n:
-            produced = False
-            for batch in self.loader:
-                produced = True
-                yield batch
-                done += 1
-                if done == self.n:
-                    return
-            if not produced:
-                raise RuntimeError("this rank's shards produced no batch; give every rank at least one shard")
-
-
-class EpochLoader:
-    """A DataLoader over a ``PreferenceStream`` that knows its epoch and can resume mid-epoch.
-
-    Lightning sets the epoch through ``sampler.set_epoch`` at each epoch start; workers are not
-    persistent, so each new iteration re-sends the stream, epoch included, to fresh workers. The stream
-    is a deterministic function of (seed, epoch), so resuming replays the epoch and drops the ``skip``
-    batches that were already trained: no sample is repeated or skipped.
-    """
-
-    def __init__(self, stream: PreferenceStream, epoch: int = 0, skip: int = 0, **kwargs):
-        self.stream, self.loader = stream, DataLoader(stream, batch_size=None, **kwargs)
-        self.epoch, self.skip = epoch, skip
-        # Lightning's per-epoch hook, _set_sampler_epoch, calls loader.sampler.set_epoch(epoch); its
-        # shuffle check looks at .dataset (an IterableDataset) and .batch_sampler first
-        self.sampler, self.dataset, self.batch_sampler = self, stream, None
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.epoch, self.skip = epoch, 0
-
-    def __iter__(self):
-        self.stream.set_epoch(self.epoch)
-        skip, self.skip = self.skip, 0
-        for i, batch in enumerate(self.loader):
-            if i >= skip:
-                yield batch
-
-
-def resume_position(trainer) -> tuple[int, int]:
-    """(epoch, batches already trained in it) from a trainer restored from a checkpoint."""
-    if trainer is None:
-        return 0, 0
-    loop = trainer.fit_loop
-    epochs = loop.epoch_progress.current
-    if epochs.started > epochs.processed:  # the checkpoint was taken inside an epoch
-        return epochs.processed, loop.epoch_loop.batch_progress.current.processed
-    return epochs.processed, 0
 
 
 class PreferenceDataModule(L.LightningDataModule):
@@ -203,26 +72,25 @@ class PreferenceDataModule(L.LightningDataModule):
         self.num_workers, self.shuffle_buffer, self.max_length = num_workers, shuffle_buffer, max_length
         self.layout, self.pad_to_multiple_of = layout, pad_to_multiple_of
         self.samples_per_epoch, self.seed, self.unpair = samples_per_epoch, seed, unpair
-        self.model, self.reference = None, None
+        self.model, self.reference_stages = None, []
         self.negatives, self.train_negatives, self.unpaired = None, False, False
         self.preflight_max_bad_fraction, self.preflight_report = preflight_max_bad_fraction, None
 
-    def bind(self, model, negatives: dict | None = None, train_negatives: bool = False,
-             unpaired: bool = False, reference=None) -> None:
-        """Take the tokenizer and the adapters' preprocessing from the model (a MultimodalLM), and the
-        validated negatives spec; training batches carry corrupted-media rows only if a loss term needs
-        them, validation batches whenever negatives are configured (to measure media reliance). With a
-        precomputed ``reference``, its cache is checked against this data here, before any training."""
-        self.model, self.negatives, self.train_negatives = model, negatives, train_negatives
-        self.unpaired = unpaired  # the loss terms train on unpaired samples (KTO)
-        self.reference = reference if hasattr(reference, "cache") else None
+    def bind(self, model, negatives: dict | None = None, needs=None, reference=None) -> None:
+        """Take the tokenizer and the adapters' preprocessing from the model (a MultimodalLM), the validated
+        negatives spec, and what the loss terms need (``anyalign.sequences.Needs``): training batches carry
+        corrupted-media rows only if a term scores them, validation batches whenever negatives are configured
+        (to measure media reliance). ``reference`` (a ``Reference``) checks itself against this data and may
+        add pipeline stages (a precomputed cache's lookup), before any training."""
+        self.model, self.negatives = model, negatives
+        self.train_negatives = bool(needs and needs.train_negatives)
+        self.unpaired = bool(needs and needs.unpaired)  # the loss terms train on unpaired samples (KTO)
         reason = model.shared_layout_unsupported_reason() if self.layout == "shared" else None
         if reason is not None:
             log.warning("data.layout=shared needs a 4-D attention mask, but %s: training with data.layout="
                         "concatenated (prompt and media duplicated per response)", reason)
             self.layout = "concatenated"
-        if self.reference is not None:
-            self.reference.check(self.reference_fingerprint(self.reference.sequences))
+        self.reference_stages = reference.bind_data(self) if reference is not None else []
 
     def reference_fingerprint(self, sequences: list[str]) -> dict:
         """The data settings precomputed reference log-probs depend on (the rest is per sample)."""
@@ -244,11 +112,9 @@ class PreferenceDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         if self.model is None:
             module = self.trainer.lightning_module
-            self.bind(module.policy, module.negatives, "chosen_corrupt" in module.sequences,
-                      "completion" in module.sequences, module.reference)
-            check_sample_kind(self.train_urls, "data.train_shards", module.sequences, self.unpair)
+            module.bind_data(self)
+            check_sample_kind(self.train_urls, "data.train_shards", self.unpaired, self.unpair)
         if stage == "fit" and self.preflight_max_bad_fraction is not None and self.preflight_report is None:
-            from .inspect import example_stages, preflight  # imported here: inspect imports this module
             self.preflight_report = preflight(self.train_urls, example_stages(self), self.preflight_max_bad_fraction,
                                               self.num_workers)
 
@@ -257,13 +123,12 @@ class PreferenceDataModule(L.LightningDataModule):
         adapters = dict(m.adapters.items())
         tok = PreferenceTokenizer(m.tokenizer, m.media_token_ids, self.max_length)
         collate = Collator(self.layout, m.tokenizer.pad_token_id, adapters, self.pad_to_multiple_of, negatives, self.seed)
-        cache = self.reference.cache if self.reference is not None else None
         return Compose([
-            partial(decode, adapters=adapters, digest=digest or cache is not None),  # raw sample -> media tensors
+            partial(decode, adapters=adapters, digest=digest or bool(self.reference_stages)),  # raw sample -> media tensors
             *([unpair] if self.unpair else []),                    # pair -> two unpaired samples
             partial(check_kind, unpaired=self.unpaired),           # the other kind of sample is bad
             partial(tokenize, tokenizer=tok, adapters=adapters),   # -> token ids, placeholders expanded
-            *([partial(attach_reference, cache=cache)] if cache is not None else []),  # stored reference values
+            *self.reference_stages,                                # e.g. stored reference values
             partial(batched, batch_size=batch_size, collate=collate),  # examples -> batches
         ])
 

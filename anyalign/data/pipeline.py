@@ -6,6 +6,7 @@ in the main process, whatever worker met it, and no other sample moves.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import random
 import re
@@ -20,7 +21,6 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from modalities import BadSample
 
-from ..precompute import sample_digest
 from .schema import media_fields, parse_record
 
 
@@ -76,6 +76,16 @@ def read_shards(urls: Iterator[str]) -> Iterator[dict | Skipped]:
         except (tarfile.TarError, OSError, EOFError) as e:
             where = f"after key {key}" if key else "at its start"
             yield Skipped(url, key or "<shard>", f"shard unreadable {where}: {type(e).__name__}: {e}")
+
+
+def sample_digest(raw: dict) -> str:
+    """Digest of a raw sample's tar members (names and bytes), computed in the data workers."""
+    h = hashlib.blake2b(digest_size=16)
+    for field in sorted(k for k in raw if not k.startswith("__")):
+        h.update(field.encode() + b"\0" + len(raw[field]).to_bytes(8, "little"))
+        h.update(raw[field])
+    return h.hexdigest()
+
 
 
 def shuffle_buffer(src: Iterator, size: int, rng: random.Random) -> Iterator:
@@ -156,6 +166,15 @@ def tokenize(src: Iterator, tokenizer, adapters: dict) -> Iterator[dict | Skippe
             continue
         extra = {k: ex[k] for k in ("desirable", "digest") if k in ex}
         yield {"key": ex["key"], "url": ex["url"], "media": ex["media"], **ids, **extra}
+
+
+def attach_reference(src: Iterator, lookup: Callable[[str, str, str], dict]) -> Iterator[dict | Skipped]:
+    """Give each example its stored reference values: ``example["reference"] = lookup(url, key, digest)``
+    (the precomputed reference's cache, read in the data workers)."""
+    for ex in src:
+        if not isinstance(ex, Skipped):
+            ex["reference"] = lookup(ex["url"], ex["key"], ex["digest"])
+        yield ex
 
 
 def batched(src: Iterator, batch_size: int, collate: Callable[[list], dict]) -> Iterator[dict]:

@@ -1,4 +1,5 @@
-"""Reference strategies: where ``reference_*`` log-probs come from.
+"""Reference strategies: where ``reference_*`` log-probs come from. All share the ``Reference`` interface,
+so callers (the module, precompute, bench) never ask which one they hold.
 
 - ``frozen_copy``: a frozen deep copy of the initial policy (full fine-tuning). It is kept out of the
   module's registered children so it is neither checkpointed nor wrapped by DDP/FSDP; it follows the
@@ -7,30 +8,75 @@
   modality adapters' trainable tensors (projectors) at their initial values, applied with
   ``functional_call`` from a snapshot of those tensors only. No second copy of the LM or encoders.
 - ``precomputed``: log-probs computed once before training by ``python -m anyalign precompute`` and read
-  next to each sample by the data workers (``anyalign/precompute.py``); no reference model in memory.
-- ``none``: reference-free losses only; no second model is built.
+  next to each sample by the data workers (``cache.py``); no reference model in memory.
+- ``none``: reference-free losses only (the null object: it returns no log-probs and holds nothing).
 """
 from __future__ import annotations
 
 import copy
+import logging
+from functools import partial
+from typing import Callable
 
 import torch
 from torch.func import functional_call
 
-from .logprobs import SeqLogps
-from .model import MultimodalLM
-from .precompute import ReferenceCache, StaleCache, model_fingerprint, template_fingerprint
+from ..data.pipeline import attach_reference
+from ..logprobs import SeqLogps
+from ..model import MultimodalLM, StepCache
+from .cache import ReferenceCache, StaleCache, model_fingerprint, template_fingerprint
 
-STRATEGIES = ("frozen_copy", "adapter_disabled", "precomputed", "none")
+log = logging.getLogger("anyalign")
 
 
-class FrozenCopy:
-    def __init__(self, policy: MultimodalLM):
+class Reference:
+    """The interface. ``None`` strategy is this base class itself: no model, no values."""
+
+    name = "none"
+    #: runs a model forward each step (for FLOP counts)
+    runs_model = False
+
+    def __init__(self, sequences: list[str] = ()):
+        self.sequences = sorted(sequences)
+
+    def setup(self, policy: MultimodalLM, device: torch.device, share_frozen: bool = False) -> None:
+        """Once the policy is on its device (``on_fit_start``, ``on_validation_start``, ...). ``share_frozen``:
+        the strategy leaves the policy's modules as they are (one device, DDP), so frozen parts may be shared."""
+
+    def __call__(self, batch: dict, cache: StepCache | None = None) -> SeqLogps | None:
+        """Reference log-probs of the batch's sequences; ``cache``: the step's, shared with the policy's forward."""
+        return None
+
+    def bind_data(self, data) -> list[Callable]:
+        """Check the reference against the data module's settings; -> pipeline stages the data workers add."""
+        return []
+
+    def check_batch(self, batch: dict, policy: SeqLogps) -> None:
+        """Per-step consistency check of the values against the policy's forward."""
+
+    def check_precision(self, precision: str) -> None:
+        """Warn if the values were made at another ``trainer.precision``."""
+
+    def held_tensors(self) -> list[torch.Tensor]:
+        """Tensors held for the reference beside the policy's (for memory reports)."""
+        return []
+
+
+class FrozenCopy(Reference):
+    name = "frozen_copy"
+    runs_model = True
+
+    def __init__(self, policy: MultimodalLM, sequences: list[str] = ()):
+        super().__init__(sequences)
         self.model = copy.deepcopy(policy).eval().requires_grad_(False)
+        self._policy_tensors: set[int] = set()
 
-    def to(self, device: torch.device) -> "FrozenCopy":
+    def setup(self, policy: MultimodalLM, device: torch.device, share_frozen: bool = False) -> None:
+        self.model.configure_attention(device)  # a deep copy made on CPU: its own config to resolve
+        if share_frozen:
+            self.share_frozen_encoders(policy)  # before .to(device): one tower on the GPU
         self.model.to(device)
-        return self
+        self._policy_tensors = {t.data_ptr() for t in policy.state_dict().values()}
 
     def share_frozen_encoders(self, policy: MultimodalLM) -> list[str]:
         """Point the copy's frozen encoder sides at the policy's own modules, which never change, instead of
@@ -49,43 +95,58 @@ class FrozenCopy:
         return shared
 
     @torch.no_grad()
-    def __call__(self, batch: dict) -> SeqLogps:
-        return self.model(batch)
+    def __call__(self, batch: dict, cache: StepCache | None = None) -> SeqLogps:
+        return self.model(batch, cache)
+
+    def held_tensors(self) -> list[torch.Tensor]:
+        return [t for t in self.model.state_dict().values() if t.data_ptr() not in self._policy_tensors]
 
 
-class AdapterDisabled:
-    def __init__(self, policy: MultimodalLM):
+class AdapterDisabled(Reference):
+    name = "adapter_disabled"
+    runs_model = True
+
+    def __init__(self, policy: MultimodalLM, sequences: list[str] = ()):
+        super().__init__(sequences)
         if not hasattr(policy.lm, "disable_adapter"):
             raise ValueError("model.reference=adapter_disabled needs a LoRA policy: set model.lora")
         self.policy = policy
         self.initial = {f"adapters.{n}": p.detach().clone() for n, p in policy.adapters.named_parameters()
                         if p.requires_grad}
 
-    def to(self, device: torch.device) -> "AdapterDisabled":
+    def setup(self, policy: MultimodalLM, device: torch.device, share_frozen: bool = False) -> None:
         self.initial = {k: v.to(device) for k, v in self.initial.items()}
-        return self
 
     @torch.no_grad()
-    def __call__(self, batch: dict) -> SeqLogps:
+    def __call__(self, batch: dict, cache: StepCache | None = None) -> SeqLogps:
         was_training = self.policy.training
         self.policy.eval()  # the reference is deterministic: no dropout
         try:
             with self.policy.lm.disable_adapter():
-                return functional_call(self.policy, self.initial, (batch,), strict=False)
+                return functional_call(self.policy, self.initial, (batch, cache), strict=False)
         finally:
             self.policy.train(was_training)
 
+    def held_tensors(self) -> list[torch.Tensor]:
+        return list(self.initial.values())
 
-class PrecomputedReference:
+
+class PrecomputedReference(Reference):
     """Reference values carried by the batch (``reference_logps``/``reference_tokens``, one per sequence),
     looked up by the data workers in the cache. Holds fingerprints of the initial policy, no model."""
 
+    name = "precomputed"
+
     def __init__(self, policy: MultimodalLM, cache: str, sequences: list[str], torch_dtype: str):
-        self.sequences = sorted(sequences)
+        super().__init__(sequences)
         self.model_fp = model_fingerprint(policy, torch_dtype)
         self.template_fp = template_fingerprint(policy)
         self.cache = ReferenceCache(cache, "")
         self.manifest: dict | None = None
+
+    def bind_data(self, data) -> list[Callable]:
+        self.check(data.reference_fingerprint(self.sequences))
+        return [partial(attach_reference, lookup=self.cache.lookup)]
 
     def check(self, data_fp: dict) -> None:
         """Refuse a cache made for another model, template or data settings; keep its manifest."""
@@ -111,27 +172,25 @@ class PrecomputedReference:
         self.cache.fingerprint = stored["all"]
         self.manifest = manifest
 
-    def to(self, device: torch.device) -> "PrecomputedReference":
-        return self
+    def check_precision(self, precision: str) -> None:
+        if self.manifest and self.manifest.get("precision") != precision:
+            log.warning("reference log-probs in %s were computed at precision %s, this run trains at %s",
+                        self.cache.path, self.manifest.get("precision"), precision)
 
-    def __call__(self, batch: dict) -> SeqLogps:
+    def __call__(self, batch: dict, cache: StepCache | None = None) -> SeqLogps:
         if "reference_logps" not in batch:
             raise RuntimeError("model.reference=precomputed, but the batch carries no reference log-probs: use "
                                "anyalign's PreferenceDataModule, bound to this module")
         return SeqLogps(batch["reference_logps"], batch["reference_tokens"])
 
-
-def build_reference(strategy: str, policy: MultimodalLM, cache: str | None = None, sequences: list[str] = (),
-                    torch_dtype: str = "float32"):
-    if strategy == "precomputed":
-        if not cache:
-            raise ValueError("model.reference=precomputed needs model.reference_cache: the directory written by "
-                             "`python -m anyalign precompute`")
-        return PrecomputedReference(policy, cache, list(sequences), torch_dtype)
-    if strategy == "frozen_copy":
-        return FrozenCopy(policy)
-    if strategy == "adapter_disabled":
-        return AdapterDisabled(policy)
-    if strategy == "none":
-        return None
-    raise ValueError(f"model.reference={strategy!r} is not a known strategy; known: {STRATEGIES}")
+    def check_batch(self, batch: dict, policy: SeqLogps) -> None:
+        stored = batch["reference_tokens"]
+        for seq in self.sequences:
+            ix = batch["index"].get(seq)
+            if ix is None:
+                continue
+            bad = (policy.tokens[ix] != stored[ix]).nonzero().flatten().tolist()
+            if bad:
+                raise StaleCache(f"reference cache {self.cache.path}: {seq} of sample(s) "
+                                 f"{[batch['keys'][i] for i in bad]} has {int(policy.tokens[ix][bad[0]])} tokens now "
+                                 f"but {int(stored[ix][bad[0]])} when precomputed; recompute the cache")

@@ -1,0 +1,71 @@
+"""The command line: ``python -m anyalign {fit,validate,test,predict} --config X`` (LightningCLI with OmegaConf
+interpolation), plus ``precompute`` (reference log-probs, ``anyalign/precompute.py``), ``inspect`` (look at
+shards, ``anyalign/inspector.py``) and ``convert`` (other tools' datasets -> shards, ``anyalign/convert``).
+"""
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+from lightning.fabric.plugins import CheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+
+from modalities import load_entry_points
+
+from .checkpoint import SafetensorsCheckpointIO
+from .data.module import PreferenceDataModule
+from .module import AlignModule
+
+class AlignCLI(LightningCLI):
+    def instantiate_trainer(self, **kwargs):
+        """Checkpoints in safetensors format unless the config names another CheckpointIO."""
+        plugins = self.config_init[self.subcommand]["trainer"].get("plugins") if self.subcommand else None
+        plugins = list(plugins or []) if isinstance(plugins, (list, tuple)) else ([plugins] if plugins else [])
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            kwargs["plugins"] = [*plugins, SafetensorsCheckpointIO()]
+        trainer = super().instantiate_trainer(**kwargs)
+        for cb in trainer.checkpoint_callbacks:
+            # one folder per run directory, not per logger version, so `--ckpt_path last` finds the
+            # previous run's last.ckpt when resuming
+            if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
+                cb.dirpath = str(Path(trainer.default_root_dir) / "checkpoints")
+        return trainer
+
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI would torch.load the checkpoint here to merge its hyper-parameters into the config.
+        Checkpoints are safetensors files, and a resumed run takes its model from the config it is given
+        (the same one it was started with), so there is nothing to merge."""
+
+
+def build_cli(args: list[str], run: bool = False, **parser_kwargs) -> AlignCLI:
+    """The run a config describes, built as ``fit`` builds it (same seed, model, data and trainer), without
+    running a subcommand: for ``precompute``, ``inspect``, the benchmark and tests."""
+    load_entry_points()
+    with warnings.catch_warnings():  # args are given on purpose, not read from sys.argv
+        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
+        return AlignCLI(AlignModule, PreferenceDataModule, run=run, seed_everything_default=0,
+                        parser_kwargs={"parser_mode": "omegaconf", **parser_kwargs}, save_config_callback=None,
+                        args=args)
+
+
+COMMANDS = {"precompute": "anyalign.precompute", "inspect": "anyalign.inspector", "convert": "anyalign.convert.cli"}
+
+
+def main(args=None) -> None:
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv[:1] and argv[0] in COMMANDS:
+        import importlib
+        # sys.argv stays as it is: Lightning re-runs it to start the other DDP ranks of precompute
+        importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
+        return
+    load_entry_points()  # installed packages' adapters become known by class name
+    AlignCLI(
+        AlignModule,
+        PreferenceDataModule,
+        seed_everything_default=0,
+        parser_kwargs={"parser_mode": "omegaconf"},
+        save_config_kwargs={"overwrite": True},
+        args=args,
+    )

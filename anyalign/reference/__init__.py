@@ -1,0 +1,46 @@
+"""Reference strategies (``strategies.py``) and the stored reference log-probs (``cache.py``)."""
+from __future__ import annotations
+
+from modalities.base import needs_donor
+
+from ..sequences import SEQUENCES
+from .cache import StaleCache
+from .strategies import AdapterDisabled, FrozenCopy, PrecomputedReference, Reference
+
+STRATEGIES = ("frozen_copy", "adapter_disabled", "precomputed", "none")
+
+__all__ = ["STRATEGIES", "AdapterDisabled", "FrozenCopy", "PrecomputedReference", "Reference", "StaleCache",
+           "build_reference"]
+
+
+def check_precomputable(sequences: list[str], negatives: dict, adapters) -> None:
+    """Only values that depend on the sample alone can be stored per sample."""
+    for seq in sequences:
+        if not SEQUENCES[seq].precomputable:
+            raise ValueError(f"model.reference=precomputed cannot store reference log-probs of {seq!r}: its value "
+                             "depends on the rest of the batch (KTO's KL baseline pairs each prompt with another "
+                             "sample's completion); use frozen_copy or adapter_disabled")
+    if any(SEQUENCES[s].corrupted_media for s in sequences):
+        donors = [f"{m}.{op}" for m, ops in negatives.items() for op, _, _ in ops
+                  if needs_donor(adapters[m].operators[op])]
+        if donors:
+            raise ValueError(f"model.reference=precomputed cannot store the conditional rows' reference log-probs "
+                             f"under model.negatives {donors}: those operators take their donor from the batch; "
+                             f"use operators that need no donor, or frozen_copy / adapter_disabled")
+
+
+def build_reference(strategy: str, policy, cache: str | None = None, sequences: list[str] = (),
+                    torch_dtype: str = "float32", negatives: dict | None = None) -> Reference:
+    if strategy == "precomputed":
+        if not cache:
+            raise ValueError("model.reference=precomputed needs model.reference_cache: the directory written by "
+                             "`python -m anyalign precompute`")
+        check_precomputable(list(sequences), negatives or {}, policy.adapters)
+        return PrecomputedReference(policy, cache, list(sequences), torch_dtype)
+    if strategy == "frozen_copy":
+        return FrozenCopy(policy, list(sequences))
+    if strategy == "adapter_disabled":
+        return AdapterDisabled(policy, list(sequences))
+    if strategy == "none":
+        return Reference()
+    raise ValueError(f"model.reference={strategy!r} is not a known strategy; known: {STRATEGIES}")
