@@ -18,6 +18,7 @@ from .audio_decode import fit_length, read_audio
 from .audio_towers import load_audio_encoder
 from .base import ModalityAdapter, freeze, mlp_projector
 from .corruptions import AUDIO_OPS
+from .preview import spectrogram
 
 
 class AudioAdapter(ModalityAdapter):
@@ -72,6 +73,11 @@ class AudioAdapter(ModalityAdapter):
 
     def num_tokens(self, item: torch.Tensor) -> int:
         return math.ceil(self.positions / self.pool)
+
+    def preview(self, data: bytes, ext: str):
+        """The log-mel spectrogram of the decoded clip (up to ``max_seconds``, at its own rate), in colour."""
+        wave, sr = self.decode(data, ext)
+        return spectrogram(wave, sr)
 
     def encode(self, batch: torch.Tensor) -> torch.Tensor:
         h = self.tower(batch)[:, : self.positions]

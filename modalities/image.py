@@ -10,6 +10,7 @@ from PIL import Image
 
 from .base import ModalityAdapter, freeze, mlp_projector
 from .corruptions import IMAGE_OPS
+from .preview import THUMB, contact_sheet
 from .vision import VisionTower, decode_image, to_pixels
 
 
@@ -57,6 +58,10 @@ class ImageAdapter(ModalityAdapter):
 
     def num_tokens(self, item: torch.Tensor) -> int:
         return self.tower.tokens_per_image
+
+    def preview(self, data: bytes, ext: str) -> Image.Image:
+        """The decoded image, scaled to fit a 192-pixel square."""
+        return contact_sheet([self.decode(data, ext)], THUMB)
 
     def encode(self, batch: torch.Tensor) -> torch.Tensor:
         return self.tower(batch)

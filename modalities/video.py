@@ -16,6 +16,7 @@ import torch
 
 from .base import BadSample, ModalityAdapter, freeze, mlp_projector
 from .corruptions import VIDEO_OPS
+from .preview import FRAME, contact_sheet
 from .vision import VisionTower, to_pixels
 
 
@@ -112,6 +113,14 @@ class VideoAdapter(ModalityAdapter):
 
     def num_tokens(self, item: torch.Tensor) -> int:
         return math.ceil(item.shape[0] / self.temporal_pool) * self.tower.tokens_per_image
+
+    def preview(self, data: bytes, ext: str):
+        """The frames training samples (``num_frames``, ``fps``), decoded at their own resolution and laid
+        out as a contact sheet, 8 to a row, each scaled to fit a 112-pixel square."""
+        from PIL import Image
+
+        frames = read_frames(data, self.num_frames, None, self.fps)
+        return contact_sheet([Image.fromarray(f) for f in frames], FRAME)
 
     def collate(self, items: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"pixels": torch.cat(items), "frames": torch.tensor([len(x) for x in items])}
