@@ -10,7 +10,8 @@ from PIL import Image
 
 from anyalign.__main__ import main as train
 from anyalign.data import PreferenceDataModule
-from anyalign.data import inspect as insp
+from anyalign import inspector as insp
+from anyalign.data import scan
 from anyalign.data.template import PreferenceTokenizer
 
 from conftest import ROOT, jpeg_bytes, pair, write_shard
@@ -52,7 +53,7 @@ def shards(tmp_path_factory):
 
 def test_scan_reports_what_training_sees(model, shards):
     dm = bound(model, shards)
-    report = insp.scan(dm.train_urls, insp.example_stages(dm), 0, dict(model.adapters.items()))
+    report = scan.scan(dm.train_urls, scan.example_stages(dm), 0, dict(model.adapters.items()))
     assert (report["samples"], report["good"], report["bad"], report["paired"], report["unpaired"]) == (9, 7, 2, 6, 1)
     assert report["members"]["jpg"] == {"count": 7, "read_by": ["image"]}
     assert report["members"]["txt"] == {"count": 1, "read_by": []}
@@ -71,7 +72,7 @@ def test_scan_reports_what_training_sees(model, shards):
 
     # token lengths, counted independently: the rendered prompt with each placeholder taking its media's tokens
     tok = PreferenceTokenizer(model.tokenizer, model.media_token_ids, 256)
-    per_key = {r["key"]: r["tokens"] for r in insp.summarize(dm.train_urls, insp.example_stages(dm)) if "tokens" in r}
+    per_key = {r["key"]: r["tokens"] for r in scan.summarize(dm.train_urls, scan.example_stages(dm)) if "tokens" in r}
     image_tokens = model.adapters["image"].tower.tokens_per_image
     for key, prompt, extra in [("one-image", "<image>\nWhat is this?", image_tokens - 1),
                                ("two-images", "<image> and <image>: same?", 2 * (image_tokens - 1)),
@@ -85,7 +86,7 @@ def test_scan_reports_what_training_sees(model, shards):
     assert report["tokens"]["prompt"] == {"min": prompts[0], "median": float(np.median(prompts)),
                                           "p95": prompts[-1], "max": prompts[-1]}
     assert report["tokens"]["completion"]["min"] > 0 and "rejected" in report["tokens"]
-    assert insp._dist(list(range(1, 101))) == {"min": 1, "median": 50.5, "p95": 95, "max": 100}
+    assert scan._dist(list(range(1, 101))) == {"min": 1, "median": 50.5, "p95": 95, "max": 100}
 
 
 def test_cli_text_json_and_render(shards, tiny_lm, tmp_path, capsys, monkeypatch):
@@ -150,24 +151,25 @@ def ten(tmp_path, bad: int) -> list[str]:
 
 def test_preflight_fails_above_the_limit_naming_keys(model, tmp_path):
     dm = bound(model, ten(tmp_path, 2))
-    stages = insp.example_stages(dm)
+    stages = scan.example_stages(dm)
     with pytest.raises(ValueError) as err:
-        insp.preflight(dm.train_urls, stages, 0.1)
+        scan.preflight(dm.train_urls, stages, 0.1)
     msg = str(err.value)
     assert "data.preflight_max_bad_fraction=0.1" in msg and "2 of 10" in msg and "0.2000" in msg
     assert "bad-0" in msg and "bad-1" in msg and "cannot decode image" in msg and "good-" not in msg
-    report = insp.preflight(dm.train_urls, stages, 0.2)  # at the limit passes
+    report = scan.preflight(dm.train_urls, stages, 0.2)  # at the limit passes
     assert report["bad"] == 2
     def same_order(r):
         return {**r, "bad_samples": sorted((b["key"], stable(b["reason"])) for b in r["bad_samples"])}
-    assert same_order(insp.scan(dm.train_urls, stages, num_workers=2)) == same_order(report)  # two workers
+    assert same_order(scan.scan(dm.train_urls, stages, num_workers=2)) == same_order(report)  # two workers
 
 
 def test_datamodule_runs_preflight_once_on_fit_only(model, tmp_path, monkeypatch):
     shards = ten(tmp_path, 3)
     calls = []
-    real = insp.preflight
-    monkeypatch.setattr(insp, "preflight", lambda *a, **k: calls.append(a) or real(*a, **k))
+    import anyalign.data.module as data_module
+    real = data_module.preflight
+    monkeypatch.setattr(data_module, "preflight", lambda *a, **k: calls.append(a) or real(*a, **k))
     bound(model, shards).setup("fit")  # None: no scan
     assert calls == []
     dm = bound(model, shards, preflight_max_bad_fraction=0.5)

@@ -2,9 +2,10 @@
 
     python tools/bench.py --config configs/video_dpo.yaml [--steps 10 --warmup 3 --repeats 3] [-- overrides]
 
-Each variant runs in its own process (so peak memory is its own), on the same model, config and the
-same pre-loaded batches (data loading is not timed): warm-up steps, then ``repeats`` timed runs of
-``steps`` optimizer steps each (forward, reference forward if any, backward, AdamW step). Prints
+Each variant runs in its own process (so peak memory is its own) through ``trainer.fit``, the code path of
+``python -m anyalign fit`` (data loading in the main process, not timed): warm-up steps, then ``repeats``
+blocks of ``steps`` timed optimizer steps (forward, reference forward if any, backward, optimizer step;
+timed between Lightning's batch-start and batch-end hooks). Prints
 samples/s (pairs), tokens/s (non-padding positions the LM processed, media included), peak memory
 (CUDA allocator peak on GPU, process max RSS on CPU), the reference model's tensors held in memory
 (``ref MiB``: a frozen copy's weights, adapter_disabled's projector snapshot, nothing when precomputed),
@@ -34,72 +35,66 @@ VARIANTS = {
 }
 
 
+class StepTimer:
+    """Times optimizer steps inside ``trainer.fit`` (forward, reference, backward, optimizer step: the hooks
+    around ``training_step``), keeps the batches' shapes, and resets the CUDA peak after the warm-up."""
+
+    def __init__(self, warmup: int):
+        import lightning as L
+
+        class _Timer(L.Callback):
+            def on_train_batch_start(cb, trainer, module, batch, batch_idx):
+                self._sync(module)
+                if batch_idx == warmup and module.device.type == "cuda":
+                    import torch
+                    torch.cuda.reset_peak_memory_stats()
+                self.t0 = time.perf_counter()
+
+            def on_train_batch_end(cb, trainer, module, outputs, batch, batch_idx):
+                self._sync(module)
+                if batch_idx >= warmup:
+                    self.times.append(time.perf_counter() - self.t0)
+                    self.batches.append({"pairs": len(batch["keys"]), "tokens": int((batch["roles"] >= 0).sum()),
+                                         "scored": int((batch["target_seq"] >= 0).sum()),
+                                         "media": int(sum((batch["input_ids"] == t).sum()
+                                                          for t in module.policy.media_token_ids.values()))})
+        self.callback, self.times, self.batches, self.t0 = _Timer(), [], [], 0.0
+
+    @staticmethod
+    def _sync(module):
+        if module.device.type == "cuda":
+            import torch
+            torch.cuda.synchronize()
+
+
 def run_variant(config: str, extra: list[str], steps: int, warmup: int, repeats: int, threads: int) -> dict:
+    """One variant through ``trainer.fit``, the code path of ``python -m anyalign fit``: warm-up steps, then
+    ``steps * repeats`` timed steps, reported as ``repeats`` blocks of ``steps``."""
     import torch
     if threads:
         torch.set_num_threads(threads)
-    from lightning.pytorch.cli import LightningCLI
+    from anyalign.cli import build_cli
 
-    from anyalign.data import PreferenceDataModule
-    from anyalign.module import AlignModule
-
-    cli = LightningCLI(AlignModule, PreferenceDataModule, run=False, seed_everything_default=0,
-                       parser_kwargs={"parser_mode": "omegaconf"},
-                       args=["--config", config, "--data.num_workers", "0", *extra])
-    module, data = cli.model, cli.datamodule
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    module.to(device)
-    module.policy.configure_attention(device)  # attn_implementation=auto: flex attention on CUDA
-    if hasattr(module.reference, "model"):  # frozen_copy, set up as on_fit_start does on one device
-        module.reference.model.configure_attention(device)
-        module.reference.share_frozen_encoders(module.policy)
-    if module.reference is not None:
-        module.reference.to(device)
-    data.bind(module.policy, module.negatives, "chosen_corrupt" in module.sequences, reference=module.reference)
-    batches = []
-    for batch in data.train_dataloader():
-        batches.append(module.transfer_batch_to_device(batch, device, 0))
-        if len(batches) == steps:
-            break
-    params = [p for p in module.policy.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-5)
-
-    def step(batch):
-        loss, _, _ = module._step(batch, "train")
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    module.train()
-    for i in range(warmup):
-        step(batches[i % len(batches)])
-    sync()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for b in batches:
-            step(b)
-        sync()
-        times.append(time.perf_counter() - t0)
-    pairs = sum(len(b["keys"]) for b in batches)
-    tokens = sum(int((b["roles"] >= 0).sum()) for b in batches)
-    media = sum(int(sum((b["input_ids"] == t).sum() for t in module.policy.media_token_ids.values())) for b in batches)
+    total = warmup + steps * repeats
+    cli = build_cli(["--config", config, "--data.num_workers", "0", "--trainer.max_steps", str(total),
+                     "--trainer.logger", "false", "--trainer.enable_checkpointing", "false", "--trainer.callbacks", "[]",
+                     "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "0",
+                     "--trainer.num_sanity_val_steps", "0", "--model.export_dir", "null", *extra])
+    module, data, trainer = cli.model, cli.datamodule, cli.trainer
+    timer = StepTimer(warmup)
+    trainer.callbacks.append(timer.callback)
+    trainer.fit(module, datamodule=data)
+    device = module.device
+    times = [sum(timer.times[i * steps:(i + 1) * steps]) for i in range(repeats)]
+    timed = timer.batches[:steps]  # the repeats cycle over the stream: count one block's work
+    pairs, tokens = sum(b["pairs"] for b in timed), sum(b["tokens"] for b in timed)
+    scored, media = sum(b["scored"] for b in timed), sum(b["media"] for b in timed)
     best = statistics.median(times)
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     ref = module.reference
-    policy_tensors = {t.data_ptr() for t in module.policy.state_dict().values()}
-    held = (ref.model.state_dict().values() if hasattr(ref, "model") else getattr(ref, "initial", {}).values()
-            if ref is not None else [])
-    held = [t for t in held if t.data_ptr() not in policy_tensors]  # shared with the policy: not extra
-    ref_mib = sum(t.numel() * t.element_size() for t in held) / 2**20
-    # model FLOPs per timed repeat, 6N per token for the policy (forward + backward) and 2N for a reference
+    ref_mib = sum(t.numel() * t.element_size() for t in ref.held_tensors()) / 2**20
+    # model FLOPs per timed block, 6N per token for the policy (forward + backward) and 2N for a reference
     # forward (PaLM's convention, attention scores left out): N = the LM's non-embedding weights, over every
     # non-padding position (the duplicated prompt of the concatenated layout counts: the GPU does that work);
     # the LM head only at scored positions (anyalign never computes the others)
@@ -107,13 +102,10 @@ def run_variant(config: str, extra: list[str], steps: int, warmup: int, repeats:
     emb = {id(p) for m in (lm.get_input_embeddings(), lm.get_output_embeddings()) for p in m.parameters()}
     n_body = sum(p.numel() for p in lm.parameters() if id(p) not in emb)
     head = lm.get_output_embeddings().weight.numel()
-    scored = sum(int((b["target_seq"] >= 0).sum()) for b in batches)
-    runs_ref = ref is not None and not hasattr(ref, "cache")
-    flops = (6 + 2 * runs_ref) * (n_body * tokens + head * scored)
+    flops = (6 + 2 * ref.runs_model) * (n_body * tokens + head * scored)
     return {"samples_per_s": pairs / best, "reference_mib": ref_mib, "tflops_per_s": flops / best / 1e12,
             "dtype": str(next(lm.parameters()).dtype).removeprefix("torch."), "tokens_per_s": tokens / best, "peak_mib": peak,
-            "seconds": times, "pairs": pairs, "tokens": tokens, "media_tokens": media,
-            "response_tokens": sum(int((b["target_seq"] >= 0).sum()) for b in batches),
+            "seconds": times, "pairs": pairs, "tokens": tokens, "media_tokens": media, "response_tokens": scored,
             "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}
 
 
