@@ -11,14 +11,27 @@ Unpaired samples (KTO) carry ``"completion": "..."`` and ``"label": true|false``
 instead of chosen/rejected. ``messages`` is accepted for ``prompt``. Media sit beside it as ``KEY.<ext>`` or, for several items of
 one modality, ``KEY.0.<ext>``, ``KEY.1.<ext>``, ... in prompt order. Each adapter claims its extensions;
 anything unclaimed is never decoded (so a planted pickle stays bytes).
+
+Weighted spans (DDPO, RLHF-V): any response may carry ``"<response>_weights"`` (``chosen_weights``,
+``rejected_weights``, ``completion_weights``), a list of ``{"start": int, "end": int, "weight": number}``.
+``start``/``end`` are character offsets (Python ``str`` indices, i.e. Unicode code points, end exclusive)
+into that response's text (the ``content`` when the response is given as one assistant message). A token
+overlapping a span is weighted by ``weight`` in the response's log-likelihood; every other token weighs 1.
+Spans must satisfy ``0 <= start < end <= len(text)``, must not overlap one another, and ``weight`` must be
+a finite number >= 0; anything else (or weights for a response the sample does not have, or unknown keys in
+a span) makes the sample bad. See ``docs/data-format.md``.
 """
 from __future__ import annotations
 
 import json
+import math
 
 from modalities import BadSample
 
 RESPONSES = ("chosen", "rejected")
+UNPAIRED = ("completion",)
+WEIGHTS_SUFFIX = "_weights"
+SPAN_KEYS = ("start", "end", "weight")
 
 
 def _text(value, field: str) -> str:
@@ -46,9 +59,63 @@ def _messages(record: dict) -> list[dict]:
     return messages
 
 
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _spans(value, field: str, text: str) -> list[tuple[int, int, float]]:
+    """Validate one ``<response>_weights`` list -> ``[(start, end, weight), ...]`` sorted by start."""
+    if not isinstance(value, list):
+        raise BadSample(f"field {field!r} must be a list of {{'start', 'end', 'weight'}} spans")
+    spans = []
+    for i, span in enumerate(value):
+        where = f"{field}[{i}]"
+        if not isinstance(span, dict):
+            raise BadSample(f"{where} must be an object with 'start', 'end' and 'weight'")
+        missing = [k for k in SPAN_KEYS if k not in span]
+        if missing:
+            raise BadSample(f"{where} has no {' or '.join(repr(k) for k in missing)}")
+        unknown = sorted(set(span) - set(SPAN_KEYS))
+        if unknown:
+            raise BadSample(f"{where} has unknown key(s) {unknown}; a span has 'start', 'end', 'weight'")
+        start, end, weight = span["start"], span["end"], span["weight"]
+        if not _is_int(start) or not _is_int(end):
+            raise BadSample(f"{where}: 'start' and 'end' must be integers, got {start!r} and {end!r}")
+        if not 0 <= start < end <= len(text):
+            raise BadSample(f"{where}: span [{start}, {end}) is empty or outside the response "
+                            f"(0 <= start < end <= {len(text)} characters)")
+        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not math.isfinite(weight) or weight < 0:
+            raise BadSample(f"{where}: 'weight' must be a finite number >= 0, got {weight!r}")
+        spans.append((start, end, float(weight)))
+    spans.sort()
+    for (s0, e0, _), (s1, e1, _) in zip(spans, spans[1:]):
+        if s1 < e0:
+            raise BadSample(f"field {field!r}: spans [{s0}, {e0}) and [{s1}, {e1}) overlap")
+    return spans
+
+
+def _weights(record: dict, responses: dict[str, str]) -> dict[str, list[tuple[int, int, float]]]:
+    out = {}
+    for field in record:
+        if not (isinstance(field, str) and field.endswith(WEIGHTS_SUFFIX)):
+            continue
+        name = field[: -len(WEIGHTS_SUFFIX)]
+        if name not in RESPONSES + UNPAIRED:
+            continue  # not ours (e.g. a field another tool keeps); left alone as other unknown fields are
+        if name not in responses:
+            raise BadSample(f"field {field!r} is given but the sample has no {name!r} response")
+        spans = _spans(record[field], field, responses[name])
+        if spans:
+            out[name] = spans
+    return out
+
+
 def parse_record(data: bytes) -> dict:
     """``KEY.json`` bytes -> ``{"messages": [...], "responses": {"chosen": str, "rejected": str}}``, or for
-    an unpaired sample ``{"messages": [...], "responses": {"completion": str}, "desirable": bool}``."""
+    an unpaired sample ``{"messages": [...], "responses": {"completion": str}, "desirable": bool}``.
+
+    A sample with weighted spans also gets ``"weights": {response: [(start, end, weight), ...]}`` (sorted,
+    validated; only responses with at least one span appear); a sample without has no ``"weights"`` key."""
     try:
         record = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError:
@@ -60,12 +127,17 @@ def parse_record(data: bytes) -> dict:
     if "completion" in record and "chosen" not in record:
         if not isinstance(record.get("label"), bool):
             raise BadSample("unpaired sample needs a boolean 'label' (true = desirable)")
-        return {"messages": _messages(record), "responses": {"completion": _text(record["completion"], "completion")},
-                "desirable": record["label"]}
-    missing = [f for f in RESPONSES if f not in record]
-    if missing:
-        raise BadSample(f"json has no {' or '.join(repr(f) for f in missing)}")
-    return {"messages": _messages(record), "responses": {f: _text(record[f], f) for f in RESPONSES}}
+        responses = {"completion": _text(record["completion"], "completion")}
+        out = {"messages": _messages(record), "responses": responses, "desirable": record["label"]}
+    else:
+        missing = [f for f in RESPONSES if f not in record]
+        if missing:
+            raise BadSample(f"json has no {' or '.join(repr(f) for f in missing)}")
+        out = {"messages": _messages(record), "responses": {f: _text(record[f], f) for f in RESPONSES}}
+    weights = _weights(record, out["responses"])
+    if weights:
+        out["weights"] = weights
+    return out
 
 
 def media_fields(sample: dict, extensions: tuple[str, ...]) -> list[tuple[str, str]]:
