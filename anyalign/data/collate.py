@@ -5,8 +5,10 @@ Layouts:
 - ``concatenated``: two rows per pair, ``prompt | chosen`` and ``prompt | rejected``, media duplicated
   (what other frameworks do; kept as the baseline and the fallback for LMs that cannot take a 4-D mask).
 
-A row is ``(prompt_ids, media, [(sequence_name, example_index, response_ids), ...])``; see
-``anyalign/logprobs.py`` for what ``roles``, ``pred_pos`` and ``target_seq`` mean.
+A row is ``(prompt_ids, media, [(sequence_name, example_index, response_ids, token_weights), ...])``;
+``token_weights`` is a list of floats beside ``response_ids`` (from weighted spans, see ``template.py``) or
+``None`` for all 1.0 (a 3-tuple slot means the same). See ``anyalign/logprobs.py`` for what ``roles``,
+``pred_pos``, ``target_seq`` and ``token_weights`` mean.
 """
 from __future__ import annotations
 
@@ -17,15 +19,23 @@ from .negatives import corrupt_examples
 LAYOUTS = ("shared", "concatenated")
 
 
+def _weights(ex: dict, name: str) -> list[float] | None:
+    return ex.get("weights", {}).get(name)
+
+
 def rows_for(examples: list[dict], layout: str) -> list[tuple]:
     rows = []
     for i, ex in enumerate(examples):
-        slots = [(name, i, ids) for name, ids in ex["responses"].items()]
+        slots = [(name, i, ids, _weights(ex, name)) for name, ids in ex["responses"].items()]
         if "completion" in ex["responses"]:
             # KTO's KL baseline: this prompt with the next sample's completion (a mismatched pair, as in
-            # the KTO paper and TRL), scored in the same row so the prompt and media run once
-            other = examples[(i + 1) % len(examples)]["responses"]["completion"]
-            slots.append(("kl", i, other))
+            # the KTO paper and TRL), scored in the same row so the prompt and media run once.
+            # It keeps that completion's own token weights (not 1): the weights belong to the completion's
+            # text whatever prompt it is scored under, and KTO's reference point z0 estimates the expected
+            # implied reward, so it must be the same weighted log-ratio as the rewards it is subtracted
+            # from; unit weights here would put the baseline on another scale than the weighted rewards.
+            nxt = examples[(i + 1) % len(examples)]
+            slots.append(("kl", i, nxt["responses"]["completion"], _weights(nxt, "completion")))
         if layout == "shared":
             rows.append((ex["prompt"], ex["media"], slots))
         elif layout == "concatenated":
@@ -37,7 +47,7 @@ def rows_for(examples: list[dict], layout: str) -> list[tuple]:
 
 def collate_rows(rows: list[tuple], pad_id: int, adapters: dict, num_examples: int,
                  pad_to_multiple_of: int = 1) -> dict:
-    length = max(len(p) + sum(len(ids) for _, _, ids in slots) for p, _, slots in rows)
+    length = max(len(p) + sum(len(slot[2]) for slot in slots) for p, _, slots in rows)
     length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
     n = len(rows)
     input_ids = torch.full((n, length), pad_id, dtype=torch.long)
@@ -55,13 +65,19 @@ def collate_rows(rows: list[tuple], pad_id: int, adapters: dict, num_examples: i
         roles[r, :p] = 0
         position_ids[r, :p] = torch.arange(p)
         offset = p
-        for k, (name, example, ids) in enumerate(slots, start=1):
+        for k, (name, example, ids, *weights) in enumerate(slots, start=1):
+            weights = weights[0] if weights else None
             end = offset + len(ids)
             input_ids[r, offset:end] = torch.tensor(ids, dtype=torch.long)
             roles[r, offset:end] = k
             position_ids[r, offset:end] = torch.arange(p, p + len(ids))
             target_seq[r, offset:end] = seq
-            token_weights[r, offset:end] = 1.0
+            if weights is None:
+                token_weights[r, offset:end] = 1.0
+            else:
+                if len(weights) != len(ids):
+                    raise ValueError(f"{name} of example {example}: {len(weights)} token weights for {len(ids)} tokens")
+                token_weights[r, offset:end] = torch.tensor(weights, dtype=torch.float32)
             pred_pos[r, offset:end] = torch.arange(offset - 1, end - 1)
             pred_pos[r, offset] = p - 1  # a slot's first token is predicted by the last prompt token
             index.setdefault(name, [-1] * num_examples)[example] = seq
@@ -78,8 +94,9 @@ def collate_rows(rows: list[tuple], pad_id: int, adapters: dict, num_examples: i
 
 
 def conditional_rows(examples: list[dict], corrupted: list[dict]) -> list[tuple]:
-    """``prompt(corrupted media) | chosen``: the chosen response under corrupted media."""
-    return [(ex["prompt"], media, [("chosen_corrupt", i, ex["responses"]["chosen"])])
+    """``prompt(corrupted media) | chosen``: the chosen response under corrupted media, with the chosen
+    response's token weights (the same text, so the same tokens are up-weighted)."""
+    return [(ex["prompt"], media, [("chosen_corrupt", i, ex["responses"]["chosen"], _weights(ex, "chosen"))])
             for i, (ex, media) in enumerate(zip(examples, corrupted))]
 
 

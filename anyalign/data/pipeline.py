@@ -153,14 +153,17 @@ def check_kind(src: Iterator, unpaired: bool) -> Iterator[dict | Skipped]:
 
 
 def tokenize(src: Iterator, tokenizer, adapters: dict) -> Iterator[dict | Skipped]:
-    """Adds ``prompt`` (placeholders expanded) and tokenized ``responses``."""
+    """Adds ``prompt`` (placeholders expanded) and tokenized ``responses``, plus per-token ``weights`` for
+    the responses that carry weighted spans (none otherwise)."""
     for ex in src:
         if isinstance(ex, Skipped):
             yield ex
             continue
         try:
             sizes = {m: [adapters[m].num_tokens(x) for x in items] for m, items in ex["media"].items()}
-            ids = tokenizer(ex["messages"], ex["responses"], sizes)
+            spans = ex.get("weights")
+            ids = (tokenizer(ex["messages"], ex["responses"], sizes, spans) if spans
+                   else tokenizer(ex["messages"], ex["responses"], sizes))
         except BadSample as e:
             yield Skipped(ex["url"], ex["key"], str(e))
             continue
