@@ -13,6 +13,7 @@ one would use in the shared layout). Only those positions go through the LM head
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -38,7 +39,10 @@ def attention_mask_4d(roles: torch.Tensor, dtype: torch.dtype = torch.float32) -
     return mask.masked_fill_(~allowed, torch.finfo(dtype).min).unsqueeze(1)
 
 
-_compiled_create_block_mask = torch.compile(create_block_mask)
+@functools.cache
+def _compiled_create_block_mask():
+    """Compiled on first use, not at import: compiling pulls in the compiler stack, which a CPU run never needs."""
+    return torch.compile(create_block_mask)
 
 
 def attention_block_mask(roles: torch.Tensor) -> BlockMask:
@@ -52,7 +56,7 @@ def attention_block_mask(roles: torch.Tensor) -> BlockMask:
         return _allowed(roles[b, q_idx], roles[b, kv_idx], q_idx, kv_idx)
 
     rows, length = roles.shape
-    build = _compiled_create_block_mask if roles.is_cuda else create_block_mask
+    build = _compiled_create_block_mask() if roles.is_cuda else create_block_mask
     return build(mask_mod, rows, None, length, length, device=roles.device)
 
 
