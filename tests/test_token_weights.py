@@ -299,3 +299,13 @@ def test_kl_rows_take_the_next_completions_weights(image_model, tmp_path):
             return batch["token_weights"][batch["target_seq"] == ix[name][i]].tolist()
         assert weights("completion", 1) == exs[1]["weights"]["completion"] == weights("kl", 0)
         assert weights("completion", 0) == weights("kl", 1) == [1.0] * len(exs[0]["responses"]["completion"])
+
+
+def test_unpair_moves_each_responses_spans_with_it():
+    from anyalign.data.pipeline import unpair
+    ex = {"key": "k", "url": "u", "messages": [], "media": {},
+          "responses": {"chosen": "A small cat.", "rejected": "A dog."},
+          "weights": {"rejected": [(2, 5, 3.0)]}}
+    chosen, rejected = list(unpair(iter([ex])))
+    assert "weights" not in chosen and chosen["responses"] == {"completion": "A small cat."}
+    assert rejected["weights"] == {"completion": [(2, 5, 3.0)]} and rejected["desirable"] is False

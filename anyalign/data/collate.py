@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from ..sequences import SEQUENCES
 from .negatives import corrupt_examples
 
 LAYOUTS = ("shared", "concatenated")
@@ -23,11 +24,18 @@ def _weights(ex: dict, name: str) -> list[float] | None:
     return ex.get("weights", {}).get(name)
 
 
+# sequence kinds scored after another example's prompt (KTO's "kl") and under corrupted media ("chosen_corrupt")
+MISMATCHED = [k for k in SEQUENCES.values() if k.other_example]
+CORRUPTED = [k for k in SEQUENCES.values() if k.corrupted_media]
+
+
 def rows_for(examples: list[dict], layout: str) -> list[tuple]:
     rows = []
     for i, ex in enumerate(examples):
         slots = [(name, i, ids, _weights(ex, name)) for name, ids in ex["responses"].items()]
-        if "completion" in ex["responses"]:
+        for kind in MISMATCHED:
+            if kind.response not in ex["responses"]:
+                continue
             # KTO's KL baseline: this prompt with the next sample's completion (a mismatched pair, as in
             # the KTO paper and TRL), scored in the same row so the prompt and media run once.
             # It keeps that completion's own token weights (not 1): the weights belong to the completion's
@@ -35,7 +43,7 @@ def rows_for(examples: list[dict], layout: str) -> list[tuple]:
             # implied reward, so it must be the same weighted log-ratio as the rewards it is subtracted
             # from; unit weights here would put the baseline on another scale than the weighted rewards.
             nxt = examples[(i + 1) % len(examples)]
-            slots.append(("kl", i, nxt["responses"]["completion"], _weights(nxt, "completion")))
+            slots.append((kind.name, i, nxt["responses"][kind.response], _weights(nxt, kind.response)))
         if layout == "shared":
             rows.append((ex["prompt"], ex["media"], slots))
         elif layout == "concatenated":
@@ -95,9 +103,11 @@ def collate_rows(rows: list[tuple], pad_id: int, adapters: dict, num_examples: i
 
 def conditional_rows(examples: list[dict], corrupted: list[dict]) -> list[tuple]:
     """``prompt(corrupted media) | chosen``: the chosen response under corrupted media, with the chosen
-    response's token weights (the same text, so the same tokens are up-weighted)."""
-    return [(ex["prompt"], media, [("chosen_corrupt", i, ex["responses"]["chosen"], _weights(ex, "chosen"))])
-            for i, (ex, media) in enumerate(zip(examples, corrupted))]
+    response's token weights (the same text, so the same tokens are up-weighted); one row per example and
+    corrupted-media sequence kind."""
+    return [(ex["prompt"], media, [(kind.name, i, ex["responses"][kind.response], _weights(ex, kind.response))])
+            for kind in CORRUPTED for i, (ex, media) in enumerate(zip(examples, corrupted))
+            if kind.response in ex["responses"]]
 
 
 def add_reference(batch: dict, examples: list[dict]) -> None:

@@ -137,9 +137,14 @@ def unpair(src: Iterator) -> Iterator[dict | Skipped]:
         if isinstance(ex, Skipped) or "completion" in ex["responses"]:
             yield ex
             continue
+        weights = ex.get("weights", {})
         for suffix, field, label in (("c", "chosen", True), ("r", "rejected", False)):
-            yield {**ex, "key": f"{ex['key']}-{suffix}", "responses": {"completion": ex["responses"][field]},
+            out = {**ex, "key": f"{ex['key']}-{suffix}", "responses": {"completion": ex["responses"][field]},
                    "desirable": label}
+            out.pop("weights", None)
+            if field in weights:  # a weighted span moves with its response
+                out["weights"] = {"completion": weights[field]}
+            yield out
 
 
 def check_kind(src: Iterator, unpaired: bool) -> Iterator[dict | Skipped]:
