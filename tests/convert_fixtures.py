@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from anyalign.data import convert_formats as F
+from anyalign.convert import reasons as F
 
 from conftest import ROOT
 

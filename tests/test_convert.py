@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import runpy
+import subprocess
 import sys
 import tarfile
 from pathlib import Path
@@ -15,10 +16,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from anyalign.data import convert_formats as F
-from anyalign.data.convert import Media, convert, main
+from anyalign.convert import reasons as F
+from anyalign.convert.cli import main
+from anyalign.convert.media import Media
+from anyalign.convert.run import convert
 from anyalign.data.pipeline import read_shards
 from anyalign.data.schema import media_fields, parse_record
+from modalities import ModalityAdapter
 from modalities.vision import decode_image
 
 from conftest import ROOT
@@ -373,6 +377,67 @@ def test_resize_sharding_and_cli(tmp_path, root, capsys):
     assert e.value.code == 1 and not (tmp_path / "o2").exists()
     with pytest.raises(ValueError, match="shard number"):
         convert("jsonl", str(root / "r.jsonl"), str(tmp_path / "single.tar"), log=None)
+
+
+class SensorAdapter(ModalityAdapter):
+    """A modality anyalign does not know, defined only here: the converter learns it from ``--adapter``."""
+    placeholder = "<sensor>"
+    extensions = ("sig",)
+
+
+def test_out_of_tree_adapter_gives_marker_and_extensions(tmp_path, capsys):
+    trace = b"\x00\x01 a sensor trace \xff"
+    (tmp_path / "a.sig").write_bytes(trace)
+    (tmp_path / "b.csv").write_text("t,x\n0,1\n")
+    row = {"id": "s0", "prompt": "<sensor>\nWhat happened?", "chosen": "A bump.", "rejected": "Nothing.",
+           "media": {"sensor": ["a.sig"]}}
+    write_jsonl(tmp_path / "s.jsonl", [
+        row, {**row, "id": "s1", "prompt": "<image><sensor>", "media": {"sensor": "a.sig"}, "images": ["a.sig"]},
+        {**row, "id": "s2", "prompt": "What happened?"},  # no marker for its sensor item
+        {**row, "id": "s3", "media": {"sensor": ["b.csv"]}},  # not an extension the adapter declares
+        {**row, "id": "s4", "chosen": "<sensor> A bump."}])
+    out = tmp_path / "out"
+    spec = f"sensor={SensorAdapter.__module__}.SensorAdapter"
+    assert main(["jsonl", str(tmp_path / "s.jsonl"), str(out / "s-%02d.tar"), "--adapter", spec]) == 0
+    report = capsys.readouterr().out
+    assert "jsonl: 1 written to 1 shard(s), 4 skipped" in report, report
+    samples = shards(out)
+    assert list(samples) == ["s0"] and samples["s0"]["sig"] == trace
+    assert record(samples["s0"]) == {"prompt": "<sensor>\nWhat happened?", "chosen": "A bump.", "rejected": "Nothing."}
+    assert media_fields(samples["s0"], SensorAdapter.extensions) == [("sig", "sig")]
+
+    s = convert("jsonl", str(tmp_path / "s.jsonl"), str(tmp_path / "o2" / "s-%02d.tar"), log=None,
+                adapters={"sensor": SensorAdapter})
+    assert s["written"] == 1
+    assert reasons(s) == {F.UNREADABLE: 2, F.MISMATCH: 1, F.MARKER_IN_RESPONSE: 1}
+    assert [e["key"] for e in s["skipped_by_reason"][F.UNREADABLE]["examples"]] == ["s1", "s3"]  # no image; .csv
+    # without the adapter the modality is unknown: skipped with a reason that says how to add it
+    s = convert("jsonl", str(tmp_path / "s.jsonl"), str(tmp_path / "o3" / "s-%02d.tar"), log=None)
+    assert s["written"] == 0 and reasons(s) == {F.UNSUPPORTED: 5}
+    assert "--adapter NAME=pkg.module.Class" in s["skipped_by_reason"][F.UNSUPPORTED]["examples"][0]["detail"]
+    with pytest.raises(SystemExit):  # a class path that does not import is an error of the command line
+        main(["jsonl", str(tmp_path / "s.jsonl"), str(tmp_path / "o4" / "s-%02d.tar"), "--adapter", "x=no.such.Cls"])
+    assert "adapter class 'no.such.Cls'" in capsys.readouterr().err
+
+
+HEAVY = {"transformers", "lightning", "librosa", "torchaudio", "decord", "soundfile"}
+
+
+def test_converter_imports_are_light():
+    """``--help`` (the parser) imports no torch, Pillow, numpy, webdataset or pyarrow; a conversion imports the
+    adapters' modules (torch) but no encoder library, decoder or Lightning; ``python -m`` starts in well
+    under 5 s."""
+    code = ("import sys\nfrom anyalign.convert.cli import parser\nparser().format_help()\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & %r))\n"
+            "from anyalign.convert.run import convert\nfrom anyalign.convert.adapters import resolve\nresolve()\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & %r))"
+            % (HEAVY | {"torch", "PIL", "numpy", "webdataset", "pyarrow"}, HEAVY))
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:2] == ["[]", "[]"], out.stdout + out.stderr
+    import time
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "anyalign.convert", "--help"], cwd=ROOT, capture_output=True, check=True)
+    assert time.perf_counter() - t < 5
 
 
 def test_zz_converted_shards_of_every_format_train(tmp_path, monkeypatch):

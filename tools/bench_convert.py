@@ -1,4 +1,4 @@
-"""Conversion speed of ``anyalign.data.convert``: samples/s for an image and a video dataset.
+"""Conversion speed of ``anyalign.convert``: samples/s for an image and a video dataset.
 
     python tools/bench_convert.py [--n 2000]
 
@@ -74,7 +74,7 @@ def main() -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from anyalign.data.convert import convert
+    from anyalign.convert import convert
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         imgs = images(n)

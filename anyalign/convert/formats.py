@@ -1,45 +1,34 @@
-"""Row readers for ``anyalign.data.convert``: one function per source layout, row -> candidate record.
+"""The row layouts: one function per source layout, ``(row, markers) -> candidate record``.
 
-A candidate is a plain dict, checked and written by the one shared path in ``convert.py``::
+``markers`` maps modality name -> its adapter's placeholder (``{"image": "<image>", ...}``); a layout
+needs it only to turn a typed content part (``{"type": "image"}``) into text. A candidate is a plain dict,
+checked and written by the one shared path in ``run.py``::
 
     {"id": optional, "messages": [{"role", "content": str}, ...],   # the prompt turns, system included
      "chosen": str, "rejected": str          # preference pair, or for KTO:  "completion": str, "label": bool
-     "media": {"image": [src, ...], "video": [...], "audio": [...]},   # src: path str | bytes | {"bytes", "path"}
-     "add_markers": bool}                    # prepend missing <image>/... markers (layouts that have none)
+     "media": {modality name: [src, ...]},   # src: path str | bytes | {"bytes", "path"}
+     "add_markers": bool}                    # prepend missing markers (layouts whose prompts have none)
 
-A bad row raises ``Skip(reason, detail)``; reasons are the fixed strings below, so the summary can count them.
+A bad row raises ``Skip(reason, detail)`` (``reasons.py``).
 """
 from __future__ import annotations
 
-MARKERS = {"image": "<image>", "video": "<video>", "audio": "<audio>"}
+from typing import Callable, Mapping
 
-BROKEN_JSON = "broken JSON"
-NON_UTF8 = "non-UTF-8 text"
-DUPLICATE = "duplicate key"
-MISMATCH = "marker/media count mismatch"
-MISSING_RESPONSE = "missing chosen/rejected"
-MISSING_PROMPT = "missing prompt"
-MISSING_MEDIA = "missing media file"
-ESCAPE = "path escapes media root"
-UNREADABLE = "unreadable media"
-TOO_LARGE = "image too large"
-UNSUPPORTED = "unsupported media"
-MALFORMED = "malformed record"
-BAD_LABEL = "invalid preference label"
-MARKER_IN_RESPONSE = "marker in response"
-BAD_SOURCE = "unreadable source file"
+from .reasons import BAD_LABEL, MALFORMED, MISSING_MEDIA, MISSING_PROMPT, MISSING_RESPONSE, NON_UTF8, Skip
 
+Markers = Mapping[str, str]
 
-class Skip(Exception):
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(reason, detail)
-        self.reason, self.detail = reason, detail
+# The media columns the other tools' layouts use (``images``/``image``, ``videos``, ``audios``), named by the
+# built-in modality they hold. Our own jsonl layout also takes ``media``: {any modality name: items}.
+TOOL_MODALITIES = ("image", "video", "audio")
 
 
 # ---- text helpers shared by the layouts ----
 
-def parts_text(parts: list) -> str:
-    """Content parts (``{"type": "text", "text": ...}``, ``{"type": "image"}``, ...) -> text with markers."""
+def parts_text(parts: list, markers: Markers) -> str:
+    """Content parts (``{"type": "text", "text": ...}``, ``{"type": "image"}``, ...) -> text with markers:
+    a part whose type is a modality name becomes that modality's placeholder."""
     out = []
     for i, part in enumerate(parts):
         if isinstance(part, str):
@@ -50,14 +39,14 @@ def parts_text(parts: list) -> str:
         kind = part.get("type")
         if kind == "text" or (kind is None and isinstance(part.get("text"), str)):
             out.append(part.get("text") or "")
-        elif kind in MARKERS:
-            out.append(MARKERS[kind] + ("\n" if i < len(parts) - 1 else ""))
+        elif isinstance(kind, str) and markers.get(kind):
+            out.append(markers[kind] + ("\n" if i < len(parts) - 1 else ""))
         else:
             raise Skip(MALFORMED, f"content part of type {kind!r}")
     return "".join(out)
 
 
-def text(value, field: str, missing: str = MALFORMED) -> str:
+def text(value, field: str, markers: Markers, missing: str = MALFORMED) -> str:
     """A string, a list of content parts, a ``{"content"|"value": ...}`` turn or a list of one such turn."""
     if isinstance(value, str):
         return value
@@ -74,13 +63,13 @@ def text(value, field: str, missing: str = MALFORMED) -> str:
         if isinstance(value, str):
             return value
     if isinstance(value, list):
-        return parts_text(value)
+        return parts_text(value, markers)
     if value is None:
         raise Skip(missing, f"no {field!r}")
     raise Skip(MALFORMED, f"{field!r} is {type(value).__name__}, not text")
 
 
-def turns(messages, field: str, role_key: str = "role", content_key: str = "content",
+def turns(messages, field: str, markers: Markers, role_key: str = "role", content_key: str = "content",
           roles: dict | None = None) -> list[dict]:
     """A list of chat turns -> ``[{"role", "content": str}]`` (roles renamed through ``roles``)."""
     if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
@@ -91,7 +80,7 @@ def turns(messages, field: str, role_key: str = "role", content_key: str = "cont
         role = (roles or {}).get(role, role)
         if not isinstance(role, str):
             raise Skip(MALFORMED, f"a turn in {field!r} has no {role_key!r}")
-        out.append({"role": role, "content": text(m.get(content_key), f"{field}.{content_key}")})
+        out.append({"role": role, "content": text(m.get(content_key), f"{field}.{content_key}", markers)})
     return out
 
 
@@ -112,24 +101,24 @@ def listed(value) -> list:
 
 def media_lists(row: dict, single: dict | None = None) -> dict:
     """``images``/``videos``/``audios`` lists, plus single-item columns named in ``single`` {modality: column}."""
-    media = {m: listed(row.get(m + "s")) for m in MARKERS}
+    media = {m: listed(row.get(m + "s")) for m in TOOL_MODALITIES}
     for modality, column in (single or {}).items():
         if row.get(column) is not None:
             media[modality] = media[modality] + [row[column]]
     return media
 
 
-def responses(row: dict, chosen: str = "chosen", rejected: str = "rejected") -> dict:
+def responses(row: dict, markers: Markers, chosen: str = "chosen", rejected: str = "rejected") -> dict:
     if row.get(chosen) is None or row.get(rejected) is None:
         raise Skip(MISSING_RESPONSE, f"no {chosen!r}" if row.get(chosen) is None else f"no {rejected!r}")
-    return {"chosen": text(row[chosen], chosen, MISSING_RESPONSE),
-            "rejected": text(row[rejected], rejected, MISSING_RESPONSE)}
+    return {"chosen": text(row[chosen], chosen, markers, MISSING_RESPONSE),
+            "rejected": text(row[rejected], rejected, markers, MISSING_RESPONSE)}
 
 
-def kto(completion, label) -> dict:
+def kto(completion, label, markers: Markers) -> dict:
     if not isinstance(label, bool):
         raise Skip(BAD_LABEL, f"KTO label must be true or false, got {label!r}")
-    return {"completion": text(completion, "completion", MISSING_RESPONSE), "label": label}
+    return {"completion": text(completion, "completion", markers, MISSING_RESPONSE), "label": label}
 
 
 def user_prompt(value, field: str) -> list[dict]:
@@ -140,14 +129,22 @@ def user_prompt(value, field: str) -> list[dict]:
 
 # ---- the layouts ----
 
-def from_jsonl(row: dict) -> dict:
+def from_jsonl(row: dict, markers: Markers) -> dict:
     """Our schema with media as paths: prompt|messages, system, chosen/rejected (or completion/label),
-    images/videos/audios lists or image/video/audio single paths."""
+    images/videos/audios lists or image/video/audio single paths, and ``media``: {modality name: path or
+    list of paths} for any modality (an out-of-tree adapter's included)."""
     prompt = row.get("prompt", row.get("messages"))
-    messages = turns(prompt, "prompt") if isinstance(prompt, list) else user_prompt(prompt, "prompt")
-    out = kto(row["completion"], row.get("label")) if "completion" in row else responses(row)
-    return {"id": row.get("id"), "messages": with_system(messages, row.get("system")),
-            "media": media_lists(row, {m: m for m in MARKERS}), "add_markers": False, **out}
+    messages = turns(prompt, "prompt", markers) if isinstance(prompt, list) else user_prompt(prompt, "prompt")
+    out = kto(row["completion"], row.get("label"), markers) if "completion" in row else responses(row, markers)
+    media = media_lists(row, {m: m for m in TOOL_MODALITIES})
+    extra = row.get("media")
+    if extra is not None:
+        if not isinstance(extra, dict) or not all(isinstance(k, str) for k in extra):
+            raise Skip(MALFORMED, "'media' must be an object {modality name: path or list of paths}")
+        for modality, items in extra.items():
+            media[modality] = media.get(modality, []) + listed(items)
+    return {"id": row.get("id"), "messages": with_system(messages, row.get("system")), "media": media,
+            "add_markers": False, **out}
 
 
 def _split_implicit(chosen: list, rejected: list) -> tuple[list, list, list]:
@@ -158,18 +155,18 @@ def _split_implicit(chosen: list, rejected: list) -> tuple[list, list, list]:
     return chosen[:n], chosen[n:], rejected[n:]
 
 
-def from_trl(row: dict) -> dict:
+def from_trl(row: dict, markers: Markers) -> dict:
     """TRL preference (prompt, chosen, rejected) or unpaired (prompt, completion, label); plain text or
     conversational; optional ``images`` (list) / ``image`` column of embedded image structs."""
     prompt = row.get("prompt")
     if prompt is None and isinstance(row.get("chosen"), list) and isinstance(row.get("rejected"), list):
         prompt, chosen, rejected = _split_implicit(row["chosen"], row["rejected"])
         row = {**row, "chosen": chosen, "rejected": rejected}
-    messages = turns(prompt, "prompt") if isinstance(prompt, list) else user_prompt(prompt, "prompt")
+    messages = turns(prompt, "prompt", markers) if isinstance(prompt, list) else user_prompt(prompt, "prompt")
     if "completion" in row and "chosen" not in row:
-        out = kto(row.get("completion"), row.get("label"))
+        out = kto(row.get("completion"), row.get("label"), markers)
     else:
-        out = responses(row)
+        out = responses(row, markers)
     media = {"image": listed(row.get("images")) + listed(row.get("image"))}
     return {"id": row.get("id"), "messages": messages, "media": media, "add_markers": True, **out}
 
@@ -177,21 +174,22 @@ def from_trl(row: dict) -> dict:
 LF_ROLES = {"human": "user", "gpt": "assistant", "observation": "tool", "function_call": "assistant"}
 
 
-def from_llamafactory(row: dict) -> dict:
+def from_llamafactory(row: dict, markers: Markers) -> dict:
     """LLaMA-Factory ranking data: sharegpt (conversations + chosen/rejected turns) or alpaca
     (instruction, input, chosen, rejected; history optional); KTO via ``kto_tag``; images/videos/audios."""
     if "conversations" in row or "messages" in row:
         keys = ("from", "value") if "conversations" in row else ("role", "content")
-        messages = turns(row.get("conversations", row.get("messages")), "conversations", *keys, roles=LF_ROLES)
+        messages = turns(row.get("conversations", row.get("messages")), "conversations", markers, *keys,
+                         roles=LF_ROLES)
         system = row.get("system")
         if messages[0]["role"] == "system":
             system, messages = messages[0]["content"], messages[1:]
         if "kto_tag" in row:
             if not messages or messages[-1]["role"] != "assistant":
                 raise Skip(MISSING_RESPONSE, "KTO conversations must end with a gpt turn")
-            out, messages = kto(messages[-1]["content"], row["kto_tag"]), messages[:-1]
+            out, messages = kto(messages[-1]["content"], row["kto_tag"], markers), messages[:-1]
         else:
-            out = responses(row)
+            out = responses(row, markers)
         if not messages or messages[-1]["role"] != "user":
             raise Skip(MALFORMED, "the conversation must end with a human turn")
     elif "instruction" in row:
@@ -207,24 +205,25 @@ def from_llamafactory(row: dict) -> dict:
             messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
         messages.append({"role": "user", "content": query})
         system = row.get("system")
-        out = kto(row.get("output"), row["kto_tag"]) if "kto_tag" in row else responses(row)
+        out = kto(row.get("output"), row["kto_tag"], markers) if "kto_tag" in row else responses(row, markers)
     else:
         raise Skip(MISSING_PROMPT, "neither 'conversations' (sharegpt) nor 'instruction' (alpaca)")
     return {"id": row.get("id"), "messages": with_system(messages, system), "media": media_lists(row),
             "add_markers": False, **out}
 
 
-def from_swift(row: dict) -> dict:
+def from_swift(row: dict, markers: Markers) -> dict:
     """ms-swift: messages (system/user/assistant; the last assistant turn is the chosen reply),
     rejected_response (DPO) or label (KTO), images/videos/audios."""
-    messages = turns(row.get("messages"), "messages")
+    messages = turns(row.get("messages"), "messages", markers)
     if messages[-1]["role"] != "assistant":
         raise Skip(MISSING_RESPONSE, "the last message must be the assistant reply")
     reply, messages = messages[-1]["content"], messages[:-1]
     if row.get("rejected_response") is not None:
-        out = {"chosen": reply, "rejected": text(row["rejected_response"], "rejected_response", MISSING_RESPONSE)}
+        out = {"chosen": reply,
+               "rejected": text(row["rejected_response"], "rejected_response", markers, MISSING_RESPONSE)}
     elif "label" in row:
-        out = kto(reply, row["label"])
+        out = kto(reply, row["label"], markers)
     else:
         raise Skip(MISSING_RESPONSE, "no 'rejected_response' (nor KTO 'label')")
     if not messages or messages[-1]["role"] != "user":
@@ -233,16 +232,17 @@ def from_swift(row: dict) -> dict:
             "add_markers": False, **out}
 
 
-def from_rlaifv(row: dict) -> dict:
+def from_rlaifv(row: dict, markers: Markers) -> dict:
     """RLAIF-V / RLHF-V: image ({"bytes", "path"} struct, raw bytes or path), question, chosen, rejected."""
     media = {"image": listed(row.get("image"))}
     if not media["image"]:
         raise Skip(MISSING_MEDIA, "no 'image'")
-    prompt = user_prompt(text(row.get("question"), "question", MISSING_PROMPT), "question")
-    return {"id": row.get("id"), "messages": prompt, "media": media, "add_markers": True, **responses(row)}
+    prompt = user_prompt(text(row.get("question"), "question", markers, MISSING_PROMPT), "question")
+    return {"id": row.get("id"), "messages": prompt, "media": media, "add_markers": True,
+            **responses(row, markers)}
 
 
-def from_align_anything(row: dict) -> dict:
+def from_align_anything(row: dict, markers: Markers) -> dict:
     """align-anything: question (TI2T) or prompt (TA2T/TV2T); image / video_path|video / audio_path|audio;
     response_1, response_2, overall_response (1 or 2: the better one)."""
     better = row.get("overall_response")
@@ -253,8 +253,8 @@ def from_align_anything(row: dict) -> dict:
     if better not in (1, 2) or isinstance(better, bool):
         raise Skip(BAD_LABEL, f"overall_response must be 1 or 2, got {better!r}")
     prompt = row.get("question") if row.get("question") is not None else row.get("prompt")
-    prompt = text(prompt, "question", MISSING_PROMPT)
-    pair = responses(row, f"response_{better}", f"response_{3 - better}")
+    prompt = text(prompt, "question", markers, MISSING_PROMPT)
+    pair = responses(row, markers, f"response_{better}", f"response_{3 - better}")
     media = {"image": listed(row.get("image")),
              "video": listed(row.get("video_path", row.get("video"))),
              "audio": listed(row.get("audio_path", row.get("audio")))}
@@ -262,5 +262,6 @@ def from_align_anything(row: dict) -> dict:
             "add_markers": True, **pair}
 
 
-FORMATS = {"jsonl": from_jsonl, "trl": from_trl, "llamafactory": from_llamafactory, "swift": from_swift,
-           "rlaifv": from_rlaifv, "align_anything": from_align_anything}
+FORMATS: dict[str, Callable[[dict, Markers], dict]] = {
+    "jsonl": from_jsonl, "trl": from_trl, "llamafactory": from_llamafactory, "swift": from_swift,
+    "rlaifv": from_rlaifv, "align_anything": from_align_anything}
