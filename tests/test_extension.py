@@ -1,6 +1,11 @@
 """A modality defined only here, outside anyalign: a sensor signal stored as raw little-endian float32
 bytes (``KEY.sig``; never pickle). It trains through the real CLI by ``class_path``, its projector learns,
-the held-out preference moves the right way, the export reloads it, and the entry-point group finds it."""
+the held-out preference moves the right way, the export reloads it, and the entry-point group finds it.
+It has a required constructor argument (deep-copied and pickled as the frozen reference and spawned data
+workers do), its own corruption operator that takes a donor from the batch, a preview for ``inspect
+--render``, and converter input: all with no edit under anyalign/."""
+import copy
+import pickle
 import random
 from importlib.metadata import EntryPoint
 
@@ -13,7 +18,7 @@ from torch import nn
 
 from anyalign.__main__ import main
 from modalities import BadSample, ModalityAdapter
-from modalities.base import freeze, mlp_projector
+from modalities.base import freeze, mlp_projector, uses_donor
 
 from conftest import ROOT, pair, write_shard
 
@@ -21,12 +26,23 @@ SHAPES = ["a low line", "a high line", "a fast wave", "random noise"]
 PROBE: dict = {}
 
 
+DONORS: list = []
+
+
+@uses_donor
+def mix_in(items, rng, donor=None, amount: float = 1.0):
+    """Another sample's signal in place of this one's (amount 1) or mixed in: needs a donor."""
+    DONORS.append(donor is not None)
+    return [(1 - amount) * x + amount * d for x, d in zip(items, donor)]
+
+
 class SensorAdapter(ModalityAdapter):
     """Signal -> ``frames`` frames of ``frame`` samples -> frozen random Linear + GELU -> MLP projector."""
     placeholder = "<sensor>"
     extensions = ("sig",)
+    operators = {"mix_in": mix_in}
 
-    def __init__(self, frame: int = 16, frames: int = 8, hidden: int = 32):
+    def __init__(self, frame: int, frames: int = 8, hidden: int = 32):
         super().__init__()
         self.frame, self.frames, self.hidden = frame, frames, hidden
         self.encoder = nn.Sequential(nn.Linear(frame, hidden), nn.GELU())
@@ -52,6 +68,15 @@ class SensorAdapter(ModalityAdapter):
 
     def num_tokens(self, item: torch.Tensor) -> int:
         return self.frames
+
+    def preview(self, data: bytes, ext: str):
+        """The signal as a line plot, 256 x 64."""
+        from PIL import Image, ImageDraw
+        x = self.decode(data, ext)
+        img = Image.new("RGB", (256, 64), "white")
+        pts = [(i * 255 / max(1, len(x) - 1), 32 - 30 * float(np.clip(v, -1, 1))) for i, v in enumerate(x)]
+        ImageDraw.Draw(img).line(pts, fill=(0, 0, 200), width=2)
+        return img
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         return self.projector(self.encoder(batch))
@@ -103,7 +128,8 @@ def test_out_of_tree_adapter_trains(tmp_path, monkeypatch, capsys):
                     "callbacks": [{"class_path": "test_extension.Probe"}]},
         "model": {"lm": "assets/tiny-lm", "lr": 3.0e-3, "warmup_steps": 5,
                   "export_dir": str(tmp_path / "export"),
-                  "adapters": {"sensor": {"class_path": "test_extension.SensorAdapter", "init_args": {"frames": 8}}},
+                  "adapters": {"sensor": {"class_path": "test_extension.SensorAdapter",
+                                          "init_args": {"frame": 16, "frames": 8}}},
                   "losses": [{"name": "sigmoid", "weight": 1.0, "beta": 0.1}]},
         "data": {"train_shards": train, "val_shards": val, "batch_size": 8, "num_workers": 0, "max_length": 128},
     }
@@ -142,3 +168,38 @@ def test_entry_point_adapter_is_found(monkeypatch):
     eps[:] = [EntryPoint(name="bogus", value="test_extension:Probe", group="anyalign.modalities")]
     with pytest.raises(TypeError, match="is not a ModalityAdapter"):
         registry.get_adapter_class("bogus")
+
+
+def test_required_argument_survives_deepcopy_and_pickle():
+    adapter = SensorAdapter(12, hidden=8)
+    assert adapter.init_args == {"frame": 12, "frames": 8, "hidden": 8}
+    for clone in (copy.deepcopy(adapter), pickle.loads(pickle.dumps(adapter))):
+        assert type(clone) is SensorAdapter and clone.init_args == adapter.init_args and clone.frame == 12
+        assert all(torch.equal(a, b) for a, b in zip(clone.state_dict().values(), adapter.state_dict().values()))
+
+
+def test_own_donor_operator_preview_and_conditional_fit(tmp_path, monkeypatch, capsys):
+    """mDPO's conditional term with the adapter's own donor-needing operator through the real CLI (the
+    collator finds it a donor), and ``inspect --render`` draws the adapter's own preview."""
+    monkeypatch.chdir(ROOT)
+    train = [shard(tmp_path / "train-0.tar", 16, seed=0)]
+    config = {
+        "trainer": {"max_steps": 3, "max_epochs": -1, "limit_val_batches": 0, "enable_progress_bar": False,
+                    "enable_checkpointing": False, "logger": False, "default_root_dir": str(tmp_path / "run")},
+        "model": {"lm": "assets/tiny-lm", "export_dir": None,
+                  "adapters": {"sensor": {"class_path": "test_extension.SensorAdapter", "init_args": {"frame": 16}}},
+                  "losses": [{"name": "sigmoid"}, {"name": "conditional"}],
+                  "negatives": {"sensor": [{"op": "mix_in", "p": 1.0, "amount": 0.9}]}},
+        "data": {"train_shards": train, "batch_size": 4, "num_workers": 0, "max_length": 128},
+    }
+    (tmp_path / "cond.yaml").write_text(yaml.safe_dump(config))
+    DONORS.clear()
+    main(["fit", "--config", str(tmp_path / "cond.yaml")])
+    assert len(DONORS) >= 12 and all(DONORS)  # >= 3 steps x 4 samples (the loader reads one batch ahead), each with a donor
+
+    out = tmp_path / "sensor.png"
+    main(["inspect", train[0], "--config", str(tmp_path / "cond.yaml"), "--render", "s0-000", "--out", str(out)])
+    from PIL import Image
+    img = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    blue = (img[..., 2] > 150) & (img[..., 0] < 60) & (img[..., 1] < 60)
+    assert blue.sum() > 200  # the preview's plotted signal is in the page
