@@ -71,7 +71,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    with safe_open(str(path), framework="pt", device=str(map_location)) as f:
+    try:
+        f = safe_open(str(path), framework="pt", device=str(map_location))
+    except Exception as e:  # safetensors' own error type; a pickle (torch.save) file lands here
+        raise ValueError(f"{path} is not an anyalign safetensors checkpoint ({e}); pickle checkpoints are not "
+                         "loaded") from None
+    with f:
         meta = f.metadata() or {}
         if meta.get("format") != FORMAT:
             raise ValueError(f"{path} is not an anyalign safetensors checkpoint (format {meta.get('format')!r}); "

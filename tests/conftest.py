@@ -65,3 +65,18 @@ def write_shard(path: Path, samples: list[dict]) -> str:
 def pair(key: str, prompt: str = "<image>\nWhat is this?", chosen: str = "A cat.", rejected: str = "A dog.",
          **media) -> dict:
     return {"__key__": key, "json": {"prompt": prompt, "chosen": chosen, "rejected": rejected}, **media}
+
+
+def token_logps(model, ex: dict, name: str) -> torch.Tensor:
+    """Per-token log-probs of one response by a plain Hugging Face forward on prompt + response with the
+    example's media (logits shifted by one): the reference computation the shared stream is tested against."""
+    ids = torch.tensor([ex["prompt"] + ex["responses"][name]])
+    media = {m: model.adapters[m].collate(items) for m, items in ex["media"].items()}
+    logp = model.lm(inputs_embeds=model.embed(ids, media)).logits.float().log_softmax(-1)
+    p = len(ex["prompt"])
+    return logp[0, p - 1:-1].gather(-1, ids[0, p:, None]).squeeze(-1)
+
+
+def separate_logp(model, ex: dict, name: str) -> torch.Tensor:
+    """The response's summed log-prob from ``token_logps``."""
+    return token_logps(model, ex, name).sum()

@@ -10,7 +10,8 @@ import anyalign.model
 from anyalign.data.collate import collate_rows, rows_for
 from anyalign.logprobs import attention_block_mask, attention_mask_4d
 from anyalign.model import MultimodalLM, StepCache
-from test_model import _examples, _separate
+from conftest import separate_logp
+from test_model import _examples
 
 
 @pytest.fixture()
@@ -100,7 +101,7 @@ def test_flex_equals_sdpa_and_separate_forwards(tiny_lm, tiny_vit, eager_flex):
     model = MultimodalLM(tiny_lm, {"image": ImageAdapter(encoder=tiny_vit)}).eval()
     exs = _examples(model)
     with torch.no_grad():
-        separate = {name: torch.stack([_separate(model, ex, name) for ex in exs]) for name in ("chosen", "rejected")}
+        separate = {name: torch.stack([separate_logp(model, ex, name) for ex in exs]) for name in ("chosen", "rejected")}
         sdpa = _logps(model, _batch(model, exs, "shared"))
         model.lm.set_attn_implementation("flex_attention")
         batch = _batch(model, exs, "shared")

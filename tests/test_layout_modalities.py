@@ -14,7 +14,7 @@ from anyalign.data.scan import example_stages
 from anyalign.data.pipeline import Skipped, read_shards
 from anyalign.module import AlignModule
 
-from conftest import ROOT
+from conftest import ROOT, separate_logp
 
 CONFIGS = ["image_dpo", "multi_image_dpo", "video_dpo", "audio_dpo", "audio_visual_dpo"]
 
@@ -30,15 +30,6 @@ def _model_and_examples(config: str, n: int = 3):
         src = stage(src)
     examples = list(itertools.islice((x for x in src if not isinstance(x, Skipped)), n))
     return module.policy.eval(), examples
-
-
-def _separate(model, ex, name):
-    """One plain HF forward on prompt + response with this sample's media; logits shifted by one."""
-    ids = torch.tensor([ex["prompt"] + ex["responses"][name]])
-    media = {m: model.adapters[m].collate(items) for m, items in ex["media"].items()}
-    logp = model.lm(inputs_embeds=model.embed(ids, media)).logits.float().log_softmax(-1)
-    p = len(ex["prompt"])
-    return logp[0, p - 1:-1].gather(-1, ids[0, p:, None]).sum()
 
 
 @pytest.mark.parametrize("config", CONFIGS)
@@ -58,7 +49,7 @@ def test_shared_layout_exact_for_every_modality(config):
         if layout == "shared":
             with torch.no_grad():
                 for name in ("chosen", "rejected"):
-                    separate = torch.stack([_separate(model, ex, name) for ex in exs])
+                    separate = torch.stack([separate_logp(model, ex, name) for ex in exs])
                     torch.testing.assert_close(lp[name], separate, atol=1e-4, rtol=1e-5)
         (lp["chosen"].sum() - 0.5 * lp["rejected"].sum()).backward()
         grads[layout] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}

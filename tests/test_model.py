@@ -8,6 +8,8 @@ from anyalign.data.template import PreferenceTokenizer
 from anyalign.model import MultimodalLM
 from modalities import ModalityAdapter
 
+from conftest import separate_logp
+
 
 class Dummy(ModalityAdapter):
     """Item i of a batch -> tokens filled with (offset + i, token index): easy to recognise."""
@@ -76,15 +78,6 @@ def _logps(model, examples, layout):
     return {k: out.logps[ix] for k, ix in batch["index"].items()}, batch
 
 
-def _separate(model, ex, name):
-    """Reference computation: one plain HF forward on prompt + response, logits shifted by one."""
-    ids = torch.tensor([ex["prompt"] + ex["responses"][name]])
-    emb = model.embed(ids, {"image": torch.stack(ex["media"]["image"])})
-    logp = model.lm(inputs_embeds=emb).logits.float().log_softmax(-1)
-    p = len(ex["prompt"])
-    return logp[0, p - 1:-1].gather(-1, ids[0, p:, None]).sum()
-
-
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_shared_layout_equals_separate_forwards(tiny_lm, tiny_vit, attn):
     from modalities import ImageAdapter
@@ -95,7 +88,7 @@ def test_shared_layout_equals_separate_forwards(tiny_lm, tiny_vit, attn):
     concat, _ = _logps(model, exs, "concatenated")
     assert batch["input_ids"].shape[0] == len(exs)  # one row per pair
     for name in ("chosen", "rejected"):
-        separate = torch.stack([_separate(model, ex, name) for ex in exs])
+        separate = torch.stack([separate_logp(model, ex, name) for ex in exs])
         torch.testing.assert_close(shared[name], separate, atol=1e-4, rtol=1e-5)
         torch.testing.assert_close(concat[name], separate, atol=1e-4, rtol=1e-5)
 

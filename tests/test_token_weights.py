@@ -12,7 +12,7 @@ from anyalign.data.schema import parse_record
 from anyalign.data.template import PreferenceTokenizer
 from modalities import BadSample
 
-from conftest import jpeg_bytes, write_shard
+from conftest import jpeg_bytes, token_logps, write_shard
 
 CHOSEN = "It shows a small cat on a red mat."
 REJECTED = "It shows a dog."
@@ -219,15 +219,6 @@ def _batch(model, tmp_path, name, extra, layout="shared", negatives=None):
     return exs, Collator(layout, model.tokenizer.pad_token_id, adapters, negatives=spec)(exs)
 
 
-def _token_logps(model, ex, name):
-    """Per-token log-probs of one response by a plain HF forward on prompt + response (not the shared stream)."""
-    ids = torch.tensor([ex["prompt"] + ex["responses"][name]])
-    emb = model.embed(ids, {"image": torch.stack(ex["media"]["image"])})
-    logp = model.lm(inputs_embeds=emb).logits.float().log_softmax(-1)
-    p = len(ex["prompt"])
-    return logp[0, p - 1:-1].gather(-1, ids[0, p:, None]).squeeze(-1)
-
-
 @pytest.mark.parametrize("layout, w", [("shared", 3.0), ("concatenated", 3.0), ("shared", 1.1), ("shared", 0.0)])
 def test_a_weighted_span_changes_exactly_its_tokens_contribution(image_model, tmp_path, layout, w):
     model = image_model.eval()
@@ -245,8 +236,8 @@ def test_a_weighted_span_changes_exactly_its_tokens_contribution(image_model, tm
         # which tokens are in the span: by decoding, independently of the offset mapping
         in_span = [w_ != 1.0 for w_ in _expected(model.tokenizer, ids, [(*SPAN, w)])]
         assert sum(in_span) == 1  # " cat"
-        token_logps = _token_logps(model, ex, "chosen")
-        span_sum = token_logps[torch.tensor(in_span)].sum()
+        per_token = token_logps(model, ex, "chosen")
+        span_sum = per_token[torch.tensor(in_span)].sum()
 
     c, r = weighted["index"]["chosen"][0], weighted["index"]["rejected"][0]
     torch.testing.assert_close(lp_weighted[c] - lp_plain[c], (w - 1) * span_sum, atol=1e-5, rtol=0)
