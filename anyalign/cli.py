@@ -58,7 +58,9 @@ def main(args=None) -> None:
     if argv[:1] and argv[0] in COMMANDS:
         import importlib
         # sys.argv stays as it is: Lightning re-runs it to start the other DDP ranks of precompute
-        importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
+        status = importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
+        if status:
+            sys.exit(status)
         return
     load_entry_points()  # installed packages' adapters become known by class name
     AlignCLI(

@@ -203,3 +203,26 @@ def test_own_donor_operator_preview_and_conditional_fit(tmp_path, monkeypatch, c
     img = np.asarray(Image.open(out).convert("RGB")).astype(int)
     blue = (img[..., 2] > 150) & (img[..., 0] < 60) & (img[..., 1] < 60)
     assert blue.sum() > 200  # the preview's plotted signal is in the page
+
+
+def test_converter_takes_the_adapters_marker_and_extension(tmp_path, capsys):
+    """``convert jsonl`` with ``--adapter sensor=...``: the marker and the member extension are the adapter's,
+    and the shard it writes trains (its sample decodes with this adapter)."""
+    import json
+    import tarfile
+
+    from anyalign.data.pipeline import Skipped, decode, read_shards
+    (tmp_path / "a.sig").write_bytes(signal(2, random.Random(0)))
+    rows = [{"id": "one", "prompt": "<sensor>\nWhat does the signal look like?", "chosen": "A fast wave.",
+             "rejected": "A low line.", "media": {"sensor": ["a.sig"]}},
+            {"id": "two", "prompt": "No marker here.", "chosen": "x", "rejected": "y", "media": {"sensor": ["a.sig"]}}]
+    (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    main(["convert", "jsonl", str(tmp_path / "rows.jsonl"), str(tmp_path / "out-%03d.tar"),  # exits 0: one written
+          "--adapter", "sensor=test_extension.SensorAdapter"])
+    out = capsys.readouterr().out
+    assert "1 written" in out and "0 <sensor> marker(s) but 1 sensor item(s)" in out
+    with tarfile.open(tmp_path / "out-000.tar") as tar:
+        assert sorted(tar.getnames()) == ["one.json", "one.sig"]
+    adapter = SensorAdapter(16)
+    [sample] = decode(read_shards(iter([str(tmp_path / "out-000.tar")])), {"sensor": adapter})
+    assert not isinstance(sample, Skipped) and sample["media"]["sensor"][0].shape == (8, 16)

@@ -11,6 +11,7 @@ from PIL import Image
 from anyalign.__main__ import main as train
 from anyalign.data import PreferenceDataModule
 from anyalign import inspector as insp
+from modalities.preview import FRAME, THUMB
 from anyalign.data import scan
 from anyalign.data.template import PreferenceTokenizer
 
@@ -126,10 +127,10 @@ def test_render_draws_text_images_frames_and_spectrogram(model, tmp_path):
         pair("broken", jpg=b"\xff\xd8 broken")])
     dm = bound(model, [shard])
     img = Image.open(insp.render(dm, "all", str(tmp_path / "all.png")))
-    assert img.width == insp.WIDTH and red_pixels(img) >= insp.THUMB ** 2 * 0.9  # the image, scaled up
+    assert img.width == insp.WIDTH and red_pixels(img) >= THUMB ** 2 * 0.9  # the image, scaled up
 
     sheet = insp._media(model.adapters["video"], demo_mp4s()[1], "mp4")
-    assert sheet.width == 4 * (insp.FRAME + 4)  # num_frames=4, one row
+    assert sheet.width == 4 * (FRAME + 4)  # num_frames=4, one row
 
     spec = np.asarray(insp._media(model.adapters["audio"], wav_bytes(tone(freq=1000.0)), "wav")).astype(int)
     rows = spec.mean(axis=(1, 2))
