@@ -13,6 +13,7 @@ import torch
 
 from .logprobs import SeqLogps
 from .losses import LOSSES
+from .sequences import SEQUENCES
 
 
 def default_reward_term(terms: list[dict], requested: str | None) -> str | None:
@@ -60,8 +61,10 @@ def step_metrics(loss: torch.Tensor, outputs: list[TermOutput], reward_term: str
         else:  # e.g. rewards/conditional_margin
             metrics[f"rewards/{out.name}_margin"] = (c - r).mean()
     index = batch["index"]
-    if "chosen_corrupt" in index:  # policy-side log p(chosen | media) - log p(chosen | corrupted media)
-        metrics["media_reliance"] = (policy.logps[index["chosen"]] - policy.logps[index["chosen_corrupt"]]).detach().mean()
+    for kind in SEQUENCES.values():  # policy-side log p(response | media) - log p(response | corrupted media)
+        if kind.corrupted_media and kind.name in index:
+            clean = policy.logps[index[kind.response]]
+            metrics["media_reliance"] = (clean - policy.logps[index[kind.name]]).detach().mean()
     for seq in ("chosen", "rejected", "completion"):
         if seq in index:
             metrics[f"logps/{seq}"] = policy.logps[index[seq]].detach().mean()

@@ -12,6 +12,7 @@ from functools import partial
 
 import lightning as L
 
+from ..sequences import SEQUENCES
 from .collate import LAYOUTS, Collator
 from .loading import (Compose, EpochLoader, EqualBatches, check_sample_kind, count_samples, expand_shards,
                       resume_position)
@@ -95,7 +96,7 @@ class PreferenceDataModule(L.LightningDataModule):
     def reference_fingerprint(self, sequences: list[str]) -> dict:
         """The data settings precomputed reference log-probs depend on (the rest is per sample)."""
         fp = {"max_length": self.max_length, "unpair": self.unpair}
-        if "chosen_corrupt" in sequences:  # the conditional rows' corruption is drawn from (seed, key)
+        if any(SEQUENCES[s].corrupted_media for s in sequences):  # their corruption is drawn from (seed, key)
             fp |= {"seed": self.seed, "negatives": {m: [list(x) for x in ops] for m, ops in (self.negatives or {}).items()}}
         return fp
 
