@@ -59,3 +59,19 @@ def test_load_from_checkpoint_reads_a_training_checkpoint(tmp_path, monkeypatch,
         assert torch.equal(state[k], v), k
     with pytest.raises(ValueError, match=r"trained with adapters \['image'\], the module has \[\]: pass adapters="):
         AlignModule.load_from_checkpoint(path)
+
+
+def test_bco_running_mean_is_module_state(tiny_vit):
+    """BCO's δ lives in the module's buffers: the state dict a checkpoint stores holds it, and loading that
+    state restores it (so a resumed run continues the same running mean)."""
+    from anyalign.module import AlignModule
+    from modalities import ImageAdapter
+    module = AlignModule(adapters={"image": ImageAdapter(encoder=tiny_vit)},
+                         losses=[{"name": "sigmoid"}, {"name": "bco_pair"}], reward_term="sigmoid")
+    module.term_state["1"].update(torch.tensor([0.5]))
+    state = module.state_dict()
+    assert float(state["term_state.1.mean"]) == 0.5 and int(state["term_state.1.count"]) == 1
+    fresh = AlignModule(adapters={"image": ImageAdapter(encoder=tiny_vit)},
+                        losses=[{"name": "sigmoid"}, {"name": "bco_pair"}], reward_term="sigmoid")
+    fresh.load_state_dict(state)
+    assert float(fresh.term_state["1"].mean) == 0.5

@@ -61,3 +61,28 @@ def test_registry_derives_needs_from_signatures():
 def test_bad_terms_fail_with_the_key(terms, message):
     with pytest.raises(ValueError, match=message):
         validate_terms(terms)
+
+
+def test_reward_term_is_named_not_taken_from_the_order():
+    from anyalign.metrics import default_reward_term
+    mdpo = validate_terms([{"name": "conditional"}, {"name": "anchor"}, {"name": "sigmoid"}])
+    assert default_reward_term(mdpo, None) == "sigmoid"  # listed last, still the headline
+    assert default_reward_term(validate_terms([{"name": "sft"}]), None) is None
+    two = validate_terms([{"name": "sigmoid"}, {"name": "ipo"}])
+    with pytest.raises(ValueError, match=r"several preference terms \['sigmoid', 'ipo'\].*model.reward_term"):
+        default_reward_term(two, None)
+    assert default_reward_term(two, "ipo") == "ipo"
+    with pytest.raises(ValueError, match=r"model.reward_term='conditional' is not a preference term"):
+        default_reward_term(mdpo, "conditional")
+
+
+def test_headline_rewards_come_from_the_reward_term():
+    from anyalign.logprobs import SeqLogps
+    from anyalign.metrics import TermOutput, step_metrics
+    batch = {"index": {"chosen": torch.tensor([0]), "rejected": torch.tensor([1])}}
+    policy = SeqLogps(torch.tensor([-1.0, -2.0]), torch.tensor([1.0, 1.0]))
+    outputs = [TermOutput("conditional", torch.zeros(1), torch.tensor([5.0]), torch.tensor([-5.0])),
+               TermOutput("sigmoid", torch.zeros(1), torch.tensor([0.1]), torch.tensor([0.3]))]
+    metrics, verdicts = step_metrics(torch.tensor(0.0), outputs, "sigmoid", policy, None, batch)
+    assert float(metrics["rewards/margins"]) == pytest.approx(-0.2) and float(metrics["rewards/accuracies"]) == 0.0
+    assert float(metrics["rewards/conditional_margin"]) == 10.0 and verdicts.correct.tolist() == [0.0]
