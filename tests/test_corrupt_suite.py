@@ -230,6 +230,7 @@ class Recorder(L.Callback):
 
 def write_config(tmp: Path, shards: list[str], audio_encoder: str) -> str:
     cfg = yaml.safe_load((ROOT / "configs" / "image_dpo.yaml").read_text())
+    cfg = {k: v for k, v in cfg.items() if k != "config" and not k.startswith("trainer.")}  # own trainer below
     cfg["trainer"] = {"accelerator": "cpu", "devices": 1, "num_sanity_val_steps": 0, "logger": False,
                       "enable_checkpointing": False, "enable_progress_bar": False, "default_root_dir": str(tmp / "run")}
     video = {"encoder": "assets/tiny-siglip", "num_frames": 4, "spatial_pool": 2}

@@ -132,6 +132,7 @@ def test_cli_passes_trust_remote_code_through(loads, monkeypatch, tmp_path):
     from lightning.pytorch.cli import LightningCLI
     monkeypatch.chdir(ROOT)
     cfg = yaml.safe_load((ROOT / "configs" / "image_dpo.yaml").read_text())
+    cfg["config"] = str(ROOT / "configs" / cfg["config"])  # the shared trainer include, relative to configs/
     cfg["model"]["adapters"]["image"]["init_args"]["trust_remote_code"] = True
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     LightningCLI(AlignModule, PreferenceDataModule, run=False, parser_kwargs={"parser_mode": "omegaconf"},
