@@ -50,7 +50,8 @@ def build_cli(args: list[str], run: bool = False, **parser_kwargs) -> AlignCLI:
                         args=args)
 
 
-COMMANDS = {"precompute": "anyalign.precompute", "inspect": "anyalign.inspector", "convert": "anyalign.convert.cli"}
+COMMANDS = {"precompute": "anyalign.precompute", "inspect": "anyalign.inspector", "convert": "anyalign.convert.cli",
+            "predict": "anyalign.predict"}
 
 
 def main(args=None) -> None:

@@ -201,20 +201,34 @@ class AlignModule(L.LightningModule):
         self.log_dict(metrics, prog_bar=True, batch_size=bs)
         return loss
 
-    def validation_step(self, batch: dict, batch_idx: int):
-        out = self._step(batch, "val")
+    def validation_step(self, batch: dict, batch_idx: int, stage: str = "val"):
+        out = self._step(batch, stage)
         if out is None:
             return None
         _, metrics, verdicts = out
         bs = len(batch["keys"])
         for k, v in metrics.items():
-            self.log(f"val/{k}", v, prog_bar=k in ("loss", "rewards/accuracies", "media_reliance"), batch_size=bs,
+            self.log(f"{stage}/{k}", v, prog_bar=k in ("loss", "rewards/accuracies", "media_reliance"), batch_size=bs,
                      sync_dist=True)
         if verdicts is not None:
             self._held_out.add(verdicts)
 
+    def test_step(self, batch: dict, batch_idx: int):
+        """``python -m anyalign test``: the held-out metrics of ``validate`` on ``data.test_shards``."""
+        return self.validation_step(batch, batch_idx, "test")
+
     def on_validation_epoch_start(self) -> None:
         self._held_out = HeldOut()
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def on_test_epoch_end(self) -> None:
+        if self.trainer.world_size > 1:
+            self._held_out.reduce(self.trainer.strategy, self.device)
+        summary = self._held_out.summary(self.global_step, False)
+        if summary is not None and self.trainer.is_global_zero:
+            print(f"[anyalign] test reward accuracy: {summary['accuracy']:.3f} on {summary['pairs']} pairs "
+                  f"({summary['ties']} ties, counted as not right)")
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.world_size > 1:

@@ -16,10 +16,11 @@ LAYERS = [
     (0, ["modalities.base", "anyalign.sequences"]),                                    # contracts
     (1, ["anyalign.losses", "anyalign.logprobs", "modalities"]),                        # pure functions, adapters
     (2, ["anyalign.data"]),                                                             # the training data flow
-    (3, ["anyalign.model"]),
+    (3, ["anyalign.model", "anyalign.generation"]),
     (4, ["anyalign.reference"]),
     (5, ["anyalign.module", "anyalign.metrics", "anyalign.callbacks", "anyalign.export", "anyalign.checkpoint"]),
     (6, ["anyalign.cli", "anyalign.__main__", "anyalign.precompute", "anyalign.inspector", "anyalign.convert",
+         "anyalign.predict",
          "anyalign"]),                                                                  # entry points
 ]
 

@@ -28,6 +28,7 @@ class PreferenceDataModule(L.LightningDataModule):
         self,
         train_shards: str | list[str],
         val_shards: str | list[str] | None = None,
+        test_shards: str | list[str] | None = None,
         batch_size: int = 8,
         val_batch_size: int | None = None,
         num_workers: int = 2,
@@ -44,6 +45,7 @@ class PreferenceDataModule(L.LightningDataModule):
         Args:
             train_shards: training shards: a path, a brace pattern (``data/train-{000..009}.tar``) or a list.
             val_shards: held-out shards for validation (reward accuracy on pairs never trained on).
+            test_shards: held-out shards for ``python -m anyalign test`` (the same metrics as validation).
             batch_size: preference pairs per batch, per rank.
             val_batch_size: pairs per validation batch (default: batch_size).
             num_workers: data-loader worker processes per rank (decode and preprocess media).
@@ -69,6 +71,7 @@ class PreferenceDataModule(L.LightningDataModule):
             raise ValueError(f"data.preflight_max_bad_fraction must be in [0, 1], got {preflight_max_bad_fraction}")
         self.train_urls = expand_shards(train_shards, "data.train_shards")
         self.val_urls = expand_shards(val_shards, "data.val_shards")
+        self.test_urls = expand_shards(test_shards, "data.test_shards")
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
         self.num_workers, self.shuffle_buffer, self.max_length = num_workers, shuffle_buffer, max_length
         self.layout, self.pad_to_multiple_of = layout, pad_to_multiple_of
@@ -101,7 +104,7 @@ class PreferenceDataModule(L.LightningDataModule):
         return fp
 
     def all_urls(self) -> list[str]:
-        return list(dict.fromkeys(self.train_urls + self.val_urls))
+        return list(dict.fromkeys(self.train_urls + self.val_urls + self.test_urls))
 
     def precompute_dataloader(self):
         """Every training and held-out shard once, in order, with each sample's digest (for precompute)."""
@@ -152,3 +155,9 @@ class PreferenceDataModule(L.LightningDataModule):
         if not self.val_urls:
             return []
         return self._loader(self.val_urls, self.val_batch_size, False, self.negatives)
+
+    def test_dataloader(self):
+        if not self.test_urls:
+            raise ValueError("python -m anyalign test needs data.test_shards (held-out shards), e.g. "
+                             "--data.test_shards 'data/test-{000..001}.tar'")
+        return self._loader(self.test_urls, self.val_batch_size, False, self.negatives)
