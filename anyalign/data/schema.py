@@ -20,11 +20,16 @@ overlapping a span is weighted by ``weight`` in the response's log-likelihood; e
 Spans must satisfy ``0 <= start < end <= len(text)``, must not overlap one another, and ``weight`` must be
 a finite number >= 0; anything else (or weights for a response the sample does not have, or unknown keys in
 a span) makes the sample bad. See ``docs/data-format.md``.
+
+For evaluation, a sample may carry its reference ``"answer"`` (a string: generation accuracy matches the
+model's answer against it) and ``"choices"`` (candidate responses, one of which equals or contains the
+answer: likelihood-choice accuracy picks the one the model finds most likely).
 """
 from __future__ import annotations
 
 import json
 import math
+import re
 
 from modalities import BadSample
 
@@ -137,6 +142,45 @@ def parse_record(data: bytes) -> dict:
     weights = _weights(record, out["responses"])
     if weights:
         out["weights"] = weights
+    out |= _reference_answer(record)
+    return out
+
+
+_PUNCT = re.compile(r"[^\w\s]")
+_ARTICLES = {"a", "an", "the"}
+
+
+def normalize_answer(text: str) -> list[str]:
+    """Words of an answer for matching: lower case, punctuation and articles dropped (SQuAD's normalisation)."""
+    return [w for w in _PUNCT.sub(" ", text.lower()).split() if w not in _ARTICLES]
+
+
+def answer_in(answer: str, response: str) -> bool:
+    """The normalised answer's words appear, in order and contiguous, among the response's."""
+    a, r = normalize_answer(answer), normalize_answer(response)
+    return bool(a) and any(r[i:i + len(a)] == a for i in range(len(r) - len(a) + 1))
+
+
+def _reference_answer(record: dict) -> dict:
+    """Optional ``answer`` (the reference answer, for generation accuracy) and ``choices`` (candidate
+    responses for likelihood-choice accuracy; exactly one must equal or contain the answer)."""
+    out = {}
+    if "answer" in record:
+        if not isinstance(record["answer"], str) or not normalize_answer(record["answer"]):
+            raise BadSample("'answer' must be a non-empty string")
+        out["answer"] = record["answer"]
+    if "choices" in record:
+        choices = record["choices"]
+        if not (isinstance(choices, list) and len(choices) >= 2 and all(isinstance(c, str) and c for c in choices)):
+            raise BadSample("'choices' must be a list of at least two non-empty strings")
+        if "answer" not in out:
+            raise BadSample("'choices' needs an 'answer' naming the right one")
+        right = [i for i, c in enumerate(choices) if normalize_answer(c) == normalize_answer(out["answer"])] or \
+                [i for i, c in enumerate(choices) if answer_in(out["answer"], c)]
+        if len(right) != 1:
+            raise BadSample(f"'answer' {out['answer']!r} must match exactly one of 'choices' "
+                            f"(it matches {len(right)})")
+        out["choices"], out["correct_choice"] = list(choices), right[0]
     return out
 
 

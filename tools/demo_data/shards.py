@@ -23,17 +23,21 @@ def pairs(n: int, rng: random.Random) -> list[tuple[int, int]]:
 
 
 def record(modality: str, chosen: int, rejected: int, rng: random.Random) -> bytes:
-    """An image/video pair's JSON: one prompt and one answer template, differing only in the caption."""
+    """An image/video pair's JSON: one prompt and one answer template, differing only in the caption; the
+    reference ``answer`` is the chosen class's caption, and ``choices`` the template filled with every class
+    (for likelihood-choice accuracy)."""
     caps = list(CLASSES.values())
     answer = rng.choice(ANSWERS[modality])
     rec = {"prompt": rng.choice(PROMPTS[modality]),
-           "chosen": answer.format(caps[chosen]), "rejected": answer.format(caps[rejected])}
+           "chosen": answer.format(caps[chosen]), "rejected": answer.format(caps[rejected]),
+           "answer": caps[chosen], "choices": [answer.format(c) for c in caps]}
     return json.dumps(rec, ensure_ascii=False).encode("utf-8")
 
 
 def text_record(prompt: str, answer: str, chosen: str, rejected: str, **fmt) -> bytes:
-    """A pair's JSON from an already chosen prompt and answer template."""
-    rec = {"prompt": prompt, "chosen": answer.format(chosen, **fmt), "rejected": answer.format(rejected, **fmt)}
+    """A pair's JSON from an already chosen prompt and answer template; ``answer``: the chosen phrase."""
+    rec = {"prompt": prompt, "chosen": answer.format(chosen, **fmt), "rejected": answer.format(rejected, **fmt),
+           "answer": chosen}
     return json.dumps(rec, ensure_ascii=False).encode("utf-8")
 
 
