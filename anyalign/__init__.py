@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 
 _LAZY = {"AlignModule": ".module", "MultimodalLM": ".model", "PreferenceDataModule": ".data.module",
-         "LOSSES": ".losses", "load_aligned": ".export", "save_aligned": ".export"}
+         "LOSSES": ".losses", "load_aligned": ".export", "save_aligned": ".export", "generate": ".generation"}
 
 __all__ = sorted(_LAZY)
 __version__ = "0.1.0"
