@@ -1,10 +1,8 @@
 """Corrupt samples are skipped, counted and reported by key; no other sample's label moves; bad
 configuration fails at start-up naming the key or file."""
-import json
 import tarfile
 
 import pytest
-import torch
 
 from anyalign.__main__ import main
 from anyalign.data import PreferenceDataModule

@@ -1,7 +1,6 @@
 """The shared token stream: splice order, response-only scoring, layout equivalence, attention kernels."""
 import pytest
 import torch
-from torch import nn
 
 from anyalign.data.collate import Collator
 from anyalign.data.template import PreferenceTokenizer
