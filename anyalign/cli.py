@@ -15,6 +15,7 @@ from lightning.pytorch.cli import LightningCLI
 from modalities import load_entry_points
 
 from .checkpoint import SafetensorsCheckpointIO
+from .commands import COMMANDS
 from .data.module import PreferenceDataModule
 from .module import AlignModule
 
@@ -48,10 +49,6 @@ def build_cli(args: list[str], run: bool = False, **parser_kwargs) -> AlignCLI:
         return AlignCLI(AlignModule, PreferenceDataModule, run=run, seed_everything_default=0,
                         parser_kwargs={"parser_mode": "omegaconf", **parser_kwargs}, save_config_callback=None,
                         args=args)
-
-
-COMMANDS = {"precompute": "anyalign.precompute", "inspect": "anyalign.inspector", "convert": "anyalign.convert.cli",
-            "predict": "anyalign.predict"}
 
 
 def main(args=None) -> None:

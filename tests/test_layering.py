@@ -19,7 +19,7 @@ LAYERS = [
     (3, ["anyalign.model", "anyalign.generation"]),
     (4, ["anyalign.reference"]),
     (5, ["anyalign.module", "anyalign.metrics", "anyalign.callbacks", "anyalign.export", "anyalign.checkpoint"]),
-    (6, ["anyalign.cli", "anyalign.__main__", "anyalign.precompute", "anyalign.inspector", "anyalign.convert",
+    (6, ["anyalign.cli", "anyalign.__main__", "anyalign.commands", "anyalign.precompute", "anyalign.inspector", "anyalign.convert",
          "anyalign.predict",
          "anyalign"]),                                                                  # entry points
 ]
