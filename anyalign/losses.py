@@ -197,7 +197,8 @@ class RunningMean(torch.nn.Module):
 def bco_pair(policy_chosen, policy_rejected, reference_chosen, reference_rejected, reward_shift,
              beta: float = 0.1) -> Out:
     """BCO on pairs (Jung et al. 2024, eq. 8): -log σ(β r_w - δ) - log σ(-(β r_l - δ)), with δ the running
-    mean of the rewards β r_w and β r_l, updated with this batch before it is used (as TRL's ``bco_pair``).
+    mean of the rewards β r_w and β r_l, updated with this batch before it is used (as TRL's DPOTrainer did
+    with its RunningMoments; its later refactored ``bco_pair`` drops δ, see docs/methods.md).
     ``reward_shift`` is the term's ``RunningMean``, the module's state (checkpointed). Departure from BCO's
     own trainer: no density-ratio (UDM) weights."""
     rc, rr = _ratios(policy_chosen, policy_rejected, reference_chosen, reference_rejected)
@@ -271,7 +272,8 @@ def orpo(policy_chosen_avg, policy_rejected_avg, beta: float = 0.1) -> Out:
 
 @register("sft")
 def sft(policy_chosen_avg) -> Out:
-    """Negative log-likelihood of the chosen response, per token (RPO's and HA-DPO's auxiliary term)."""
+    """Negative log-likelihood of the chosen response, per token (RPO's auxiliary term; HA-DPO's runs on
+    separate SFT data instead, see docs/methods.md)."""
     return -policy_chosen_avg, None, None
 
 

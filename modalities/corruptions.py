@@ -5,7 +5,7 @@ items of the same shapes and dtypes, so the corrupted prompt takes exactly the s
 Randomness comes only from the ``torch.Generator`` passed in, so a seed gives the same output.
 Operators marked ``@uses_donor`` take another sample's items from the same batch (``swap``).
 
-Where this departs from the sources (METHODS.md, section H):
+Where this departs from the sources (``docs/methods.md``, negatives by modality):
 - ``drop_segment`` (TPO) and ``downsample`` keep the frame count: the remaining frames are re-sampled
   to fill it, so the token count does not change.
 - ``drop_one`` (multi-image) replaces one image by a blank one instead of removing its marker.

@@ -30,8 +30,9 @@ def sample_indices(num_available: int, num_frames: int, avg_fps: float, fps: flo
 
 
 def decode_size(size: int | None) -> int | None:
-    """decord2 (FFmpeg 8) scales at decode time only to widths that are multiples of 64; others fail with
-    ``from_size == to_size``. Decode at the target rounded up to 64, and resize the rest on the CPU."""
+    """decord2 (FFmpeg 8) fails to scale at decode time to some small widths (``from_size == to_size``; e.g.
+    16, 24, 32, 48, 96, 144 in docs/toolchain.md) and has worked for every multiple of 64 tried. Decode at
+    the target rounded up to 64, and resize the rest on the CPU."""
     return -(-size // 64) * 64 if size else None
 
 

@@ -76,7 +76,7 @@ def test_torchaudio_log_mel_matches_librosa():
                                          power=2.0, center=True, pad_mode="reflect", norm="slaney", htk=False)
     ref = np.log10(np.maximum(mel, 1e-10))[:, :-1]
     assert ours.shape == ref.shape == (80, len(wave) // 160)
-    # TOOLCHAIN.md measured ~2.4e-5 (log10 units) for slaney norm/scale; allow 1e-4
+    # docs/toolchain.md: measured ~2.4e-5 (log10 units) for slaney norm/scale; allow 1e-4
     np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
     assert ref.max() - ref.min() > 5  # real speech, not silence
 
