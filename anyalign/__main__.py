@@ -5,14 +5,17 @@ import importlib
 import sys
 
 
-def main() -> None:
+def main(args=None) -> None:
     from .commands import COMMANDS
-    argv = sys.argv[1:]
+    argv = sys.argv[1:] if args is None else list(args)
     if argv[:1] and argv[0] in COMMANDS:
+        # sys.argv stays as it is: Lightning re-runs it to start the other DDP ranks of precompute
         status = importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
-        sys.exit(status or 0)
+        if status:
+            sys.exit(status)
+        return
     from .cli import main as cli_main
-    cli_main()
+    cli_main(args)
 
 
 if __name__ == "__main__":
