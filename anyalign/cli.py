@@ -4,6 +4,7 @@ shards, ``anyalign/inspector.py``) and ``convert`` (other tools' datasets -> sha
 """
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from modalities import load_entry_points
 
@@ -26,6 +28,17 @@ class AlignCLI(LightningCLI):
         plugins = list(plugins or []) if isinstance(plugins, (list, tuple)) else ([plugins] if plugins else [])
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             kwargs["plugins"] = [*plugins, SafetensorsCheckpointIO()]
+        # Loggers: CSV and TensorBoard in one <default_root_dir>/lightning_logs/version_N/ unless trainer.logger
+        # is false or names its own CSV/TensorBoard logger; other loggers (W&B: --trainer.logger+=...) come after
+        # the pair, so trainer.log_dir (config.yaml, export, curves.png) stays that version directory. CSV first:
+        # it warns if its directory already holds files, as it would once TensorBoard's event file is there.
+        trainer_cfg = self._get(self.config_init, "trainer", default={})
+        given = trainer_cfg.get("logger")
+        given = [] if given is None or given is True else given if isinstance(given, (list, tuple, bool)) else [given]
+        if given is not False and not any(isinstance(lg, (TensorBoardLogger, CSVLogger)) for lg in given):
+            root = trainer_cfg.get("default_root_dir") or os.getcwd()
+            csv = CSVLogger(root, name="lightning_logs")
+            kwargs["logger"] = [csv, TensorBoardLogger(root, name="lightning_logs", version=csv.version), *given]
         trainer = super().instantiate_trainer(**kwargs)
         for cb in trainer.checkpoint_callbacks:
             # one folder per run directory, not per logger version, so `--ckpt_path last` finds the
