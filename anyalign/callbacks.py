@@ -1,4 +1,4 @@
-"""Callbacks the module installs itself: the end-of-run report and the export."""
+"""Callbacks the module installs itself: the end-of-run report, the export and the training curves."""
 from __future__ import annotations
 
 import time
@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 
@@ -54,3 +55,26 @@ class ExportCallback(L.Callback):
             out = Path(trainer.log_dir or trainer.default_root_dir) / out
         save_aligned(pl_module.policy, out)
         print(f"[anyalign] aligned model exported to {out}")
+
+
+class CurvesCallback(L.Callback):
+    """After fit, plots the CSV logger's metrics.csv into curves.png beside it (rank 0; no CSV logger, no plot)."""
+
+    @rank_zero_only
+    def on_fit_end(self, trainer, pl_module) -> None:
+        # the CSV logger's own directory: trainer.log_dir would broadcast, a collective call on this rank only
+        csv = next((lg for lg in trainer.loggers if isinstance(lg, CSVLogger)), None)
+        if csv is None:
+            return
+        csv.save()  # Lightning flushes it only after on_fit_end
+        metrics = Path(csv.log_dir) / "metrics.csv"
+        from .curves import plot_curves
+        try:
+            if not metrics.is_file():
+                raise ValueError(f"nothing was logged to {metrics}")
+            out = plot_curves(metrics, metrics.with_name("curves.png"))
+        except ValueError as e:  # a run shorter than trainer.log_every_n_steps logs no training step
+            print(f"[anyalign] no training curves: {e} ({trainer.global_step} steps, "
+                  f"trainer.log_every_n_steps={trainer.log_every_n_steps})")
+            return
+        print(f"[anyalign] training curves: {out}")

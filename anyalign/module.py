@@ -279,9 +279,17 @@ class AlignModule(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Each optimizer step: its learning rate, and the policy's total gradient 2-norm before clipping."""
+        self.log("train/lr", optimizer.param_groups[0]["lr"], batch_size=1)
+        grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
+        if grads:  # none when the strategy holds them outside .grad (DeepSpeed ZeRO 2/3): no false 0 logged
+            self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads).float(), batch_size=1)
+
     def configure_callbacks(self):
-        from .callbacks import ExportCallback, ReportCallback
+        from .callbacks import CurvesCallback, ExportCallback, ReportCallback
         callbacks = [ReportCallback()]
         if self.hparams.export_dir:
             callbacks.append(ExportCallback(self.hparams.export_dir))
+        callbacks.append(CurvesCallback())
         return callbacks

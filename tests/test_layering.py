@@ -18,7 +18,8 @@ LAYERS = [
     (2, ["anyalign.data"]),                                                             # the training data flow
     (3, ["anyalign.model", "anyalign.generation"]),
     (4, ["anyalign.reference"]),
-    (5, ["anyalign.module", "anyalign.metrics", "anyalign.callbacks", "anyalign.export", "anyalign.checkpoint"]),
+    (5, ["anyalign.module", "anyalign.metrics", "anyalign.callbacks", "anyalign.export", "anyalign.checkpoint",
+         "anyalign.curves"]),
     (6, ["anyalign.cli", "anyalign.__main__", "anyalign.commands", "anyalign.precompute", "anyalign.inspector", "anyalign.convert",
          "anyalign.predict",
          "anyalign"]),                                                                  # entry points
