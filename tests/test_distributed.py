@@ -200,8 +200,13 @@ DDP = ("--config", "configs/strategies/ddp.yaml", "--trainer.accelerator", "cpu"
 def test_ddp_disjoint_shards_equal_batches_identical_weights(tmp_path):
     """4 shards x 64 samples on 2 ranks, 32 per batch: one epoch is 4 batches per rank. Each rank trains on
     its own 2 shards; together exactly the samples one process sees in an epoch, each once."""
-    ranks, _ = cli(tmp_path, *DDP, "--trainer.max_steps", "4")
+    ranks, proc = cli(tmp_path, *DDP, "--trainer.max_steps", "4", "--model.export_dir", "export")  # the default export
     assert [r["rank"] for r in ranks] == [0, 1]
+    # the export is written once, by rank 0, and the run exits 0 (launch checks): no collective called by one rank
+    exports = list((tmp_path / "run").glob("lightning_logs/version_*/export/anyalign.json"))
+    assert len(exports) == 1, proc.stdout[-2000:]
+    from anyalign.export import load_aligned
+    load_aligned(exports[0].parent)
     assert all(r["world"] == 2 and r["strategy"] == "DDPStrategy" for r in ranks)
     assert all(r["cluster"] == "LightningEnvironment" for r in ranks)  # rank 1 started by Lightning
     assert [len(r["train"]) for r in ranks] == [4, 4]
