@@ -47,12 +47,13 @@ class ExportCallback(L.Callback):
         self.directory = directory
 
     def on_fit_end(self, trainer, pl_module) -> None:
+        log_dir = trainer.log_dir  # a broadcast: every rank takes part, or the others have left when rank 0 asks
         if not trainer.is_global_zero:
             return
         from .export import save_aligned
         out = Path(self.directory)
         if not out.is_absolute():
-            out = Path(trainer.log_dir or trainer.default_root_dir) / out
+            out = Path(log_dir or trainer.default_root_dir) / out
         save_aligned(pl_module.policy, out)
         print(f"[anyalign] aligned model exported to {out}")
 

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -95,6 +100,33 @@ def test_added_logger_joins_tensorboard_and_csv(tmp_path, monkeypatch, capsys):
     assert list(version.glob("events.out.tfevents.*")) and (version / "curves.png").is_file()
     assert any("train/grad_norm" in m for m in RECORDED)
     assert (version / "config.yaml").is_file()  # trainer.log_dir is still the version directory
+
+
+def test_two_ddp_ranks_write_curves_and_export_once(tmp_path):
+    """DDP on CPU (two gloo processes): rank 0 writes curves.png and the export; no rank waits on a collective
+    call the other never makes (ExportCallback's trainer.log_dir is a broadcast, taken on every rank)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "anyalign", "fit", "--config", "configs/image_dpo.yaml", "--config",
+           "configs/strategies/ddp.yaml", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+           "--trainer.max_steps", "3", "--trainer.val_check_interval", "3", "--trainer.limit_val_batches", "1",
+           "--trainer.num_sanity_val_steps", "0", "--trainer.log_every_n_steps", "1",
+           "--trainer.default_root_dir", str(tmp_path), "--data.num_workers", "0", "--trainer.enable_progress_bar",
+           "false"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own group: on a hang both ranks are killed
+    try:
+        out, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"fit hung (ranks waiting on each other?)\n{proc.communicate()[1][-4000:]}")
+    assert proc.returncode == 0, out[-2000:] + err[-4000:]
+    version = tmp_path / "lightning_logs" / "version_0"
+    assert (version / "curves.png").is_file() and (version / "export" / "anyalign.json").is_file()
+    assert out.count("[anyalign] training curves:") == 1
+    assert [p.name for p in (tmp_path / "lightning_logs").iterdir()] == ["version_0"]
 
 
 def test_plot_curves_on_a_small_csv(tmp_path):
