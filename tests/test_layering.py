@@ -21,7 +21,7 @@ LAYERS = [
     (5, ["anyalign.module", "anyalign.metrics", "anyalign.callbacks", "anyalign.export", "anyalign.checkpoint",
          "anyalign.curves"]),
     (6, ["anyalign.cli", "anyalign.__main__", "anyalign.commands", "anyalign.precompute", "anyalign.inspector", "anyalign.convert",
-         "anyalign.predict",
+         "anyalign.predict", "anyalign.evaluate", "anyalign.evaluation",
          "anyalign"]),                                                                  # entry points
 ]
 
