@@ -78,12 +78,13 @@ def unpaired_metrics(policy: SeqLogps, reference: SeqLogps, batch: dict) -> tupl
     ix = batch["index"]["completion"]
     r = (policy.logps[ix] - reference.logps[ix]).detach()
     d = batch["desirable"]
-    metrics = {"rewards/accuracies": ((r > 0) == d).float().mean()}
+    right = ((r > 0) == d) & (r != 0)  # a zero implicit reward prefers nothing: a tie, never right
+    metrics = {"rewards/accuracies": right.float().mean()}
     if d.any():  # a batch may hold one label only: no NaN means in the logs
         metrics["rewards/desirable"] = r[d].mean()
     if not d.all():
         metrics["rewards/undesirable"] = r[~d].mean()
-    return metrics, Verdicts(((r > 0) == d).float(), r == 0)
+    return metrics, Verdicts(right.float(), r == 0)
 
 
 class HeldOut:

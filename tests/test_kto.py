@@ -80,3 +80,15 @@ def test_kto_metrics_have_no_nan_when_a_batch_has_one_label(tiny_lm, tiny_vit):
     _, metrics, _ = module._step(batch, "train")
     assert "rewards/undesirable" not in metrics
     assert all(torch.isfinite(torch.as_tensor(v)).all() for v in metrics.values())
+
+
+def test_unpaired_ties_are_never_right():
+    """r = 0 (policy = reference) prefers nothing: not right for a desirable nor an undesirable sample."""
+    from anyalign.logprobs import SeqLogps
+    from anyalign.metrics import unpaired_metrics
+    batch = {"index": {"completion": torch.tensor([0, 1, 2, 3])}, "desirable": torch.tensor([True, False, True, False])}
+    policy = SeqLogps(torch.tensor([-1.0, -2.0, -3.0, -1.0]), torch.ones(4))
+    reference = SeqLogps(torch.tensor([-1.0, -2.0, -4.0, -2.0]), torch.ones(4))  # r = 0, 0, +1, +1
+    metrics, verdicts = unpaired_metrics(policy, reference, batch)
+    assert verdicts.correct.tolist() == [0.0, 0.0, 1.0, 0.0] and verdicts.ties.tolist() == [True, True, False, False]
+    assert float(metrics["rewards/accuracies"]) == 0.25
