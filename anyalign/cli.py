@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from modalities import load_entry_points
 
 from .checkpoint import SafetensorsCheckpointIO
-from .commands import COMMANDS
+from .commands import run_command
 from .data.module import PreferenceDataModule
 from .module import AlignModule
 
@@ -65,13 +65,7 @@ def build_cli(args: list[str], run: bool = False, **parser_kwargs) -> AlignCLI:
 
 
 def main(args=None) -> None:
-    argv = sys.argv[1:] if args is None else list(args)
-    if argv[:1] and argv[0] in COMMANDS:
-        import importlib
-        # sys.argv stays as it is: Lightning re-runs it to start the other DDP ranks of precompute
-        status = importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
-        if status:
-            sys.exit(status)
+    if run_command(sys.argv[1:] if args is None else list(args)):
         return
     load_entry_points()  # installed packages' adapters become known by class name
     AlignCLI(

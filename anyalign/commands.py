@@ -1,3 +1,20 @@
-"""The subcommands of ``python -m anyalign`` that are not LightningCLI's: name -> module with ``main(argv)``."""
+"""The subcommands of ``python -m anyalign`` that are not LightningCLI's: name -> module with ``main(argv)``.
+They are dispatched before Lightning is imported, so e.g. the converter starts without it."""
+from __future__ import annotations
+
+import importlib
+import sys
+
 COMMANDS = {"precompute": "anyalign.precompute", "inspect": "anyalign.inspector", "convert": "anyalign.convert.cli",
             "predict": "anyalign.predict", "evaluate": "anyalign.evaluate"}
+
+
+def run_command(argv: list[str]) -> bool:
+    """Run ``argv[0]`` if it is one of ours (exiting with its status when that is not 0); False otherwise.
+    sys.argv is left as it is: Lightning re-runs it to start the other DDP ranks of precompute."""
+    if not (argv[:1] and argv[0] in COMMANDS):
+        return False
+    status = importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
+    if status:
+        sys.exit(status)
+    return True
