@@ -1,6 +1,7 @@
-"""Tiny random checkpoints of transformers' multimodal families (tools/tiny_families.py): each builds in a tmp dir,
-reloads with no missing or unexpected keys, and runs processor -> forward -> generate on small inputs, with as many
-placeholder tokens as the family's feature function returns features."""
+"""Tiny random checkpoints of transformers' multimodal families (tools/tiny_family_builders/, the package behind
+tools/tiny_families.py; docs/families.md): each builds in a tmp dir, reloads with no missing or unexpected keys, and
+runs processor -> forward -> generate on small inputs, with as many placeholder tokens as the family's feature
+function returns features."""
 from __future__ import annotations
 
 import importlib.util
@@ -12,10 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-# tools/ holds scripts that run on import (convert.py, ...): load this one module by path, not via sys.path
-_spec = importlib.util.spec_from_file_location(
-    "tiny_families", Path(__file__).resolve().parents[1] / "tools" / "tiny_families.py")
-tf = sys.modules.setdefault("tiny_families", importlib.util.module_from_spec(_spec))
+# tools/ holds scripts that run on import (convert.py, ...): load this one package by path, not via sys.path
+_init = Path(__file__).resolve().parents[1] / "tools" / "tiny_family_builders" / "__init__.py"
+_spec = importlib.util.spec_from_file_location("tiny_family_builders", _init,
+                                               submodule_search_locations=[str(_init.parent)])
+tf = sys.modules.setdefault("tiny_family_builders", importlib.util.module_from_spec(_spec))
 if tf.__spec__ is _spec:
     _spec.loader.exec_module(tf)
 
