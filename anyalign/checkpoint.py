@@ -93,3 +93,25 @@ class SafetensorsCheckpointIO(CheckpointIO):
 
     def remove_checkpoint(self, path) -> None:
         Path(path).unlink(missing_ok=True)
+
+
+def resolve_checkpoint(spec: str, run_dir: str | Path) -> Path:
+    """A checkpoint path, or ``last``: the newest ``last*.ckpt`` in ``run_dir/checkpoints`` (a second run of a
+    config writes ``last-v1.ckpt`` beside ``last.ckpt``; Lightning's ``--ckpt_path last`` also takes the newest)."""
+    if spec != "last":
+        return Path(spec)
+    found = sorted((Path(run_dir) / "checkpoints").glob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError(f"no last*.ckpt in {Path(run_dir) / 'checkpoints'}: has this config been trained?")
+    return found[-1]
+
+
+def load_weights(module, spec: str, run_dir: str | Path) -> Path:
+    """Load a training checkpoint's weights (``spec``: a path or ``last``) into ``module``, which must be built
+    as the checkpoint's run was; -> the checkpoint's path."""
+    path = resolve_checkpoint(spec, run_dir)
+    missing, unexpected = module.load_state_dict(load_checkpoint(path)["state_dict"], strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path} does not fit the model this config builds: missing {missing[:4]}, "
+                         f"unexpected {unexpected[:4]}")
+    return path

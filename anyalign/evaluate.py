@@ -7,7 +7,7 @@
 The config builds the run as ``fit`` does (same seed: the same initial policy, which is the reference; the data
 settings; the negatives). Each of ``--models`` is ``initial`` (the config's initial policy), an export directory
 (``load_aligned``: its policy replaces the module's, the reference stays the config's initial model), or a
-training checkpoint (a path, or ``last``: the config's run's ``checkpoints/last.ckpt``), loaded into the module.
+training checkpoint (a path, or ``last``: the newest ``last*.ckpt`` of the config's run), loaded into the module.
 ``--shards`` defaults to ``data.val_shards``. Per model:
 
 1. preference accuracy, ties (apart, never half right), mean reward margin and loss: ``validate``'s own numbers
@@ -61,16 +61,12 @@ def model_kind(spec: str) -> str:
 
 
 def load_checkpoint_into(module, trainer, spec: str) -> Path:
-    """A training checkpoint's state dict into the module (as ``predict.load_model`` loads it)."""
-    from .checkpoint import load_checkpoint
-    path = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt" if spec == "last" else Path(spec)
-    if not path.is_file():
-        raise SystemExit(f"evaluate: checkpoint not found: {path}")
-    missing, unexpected = module.load_state_dict(load_checkpoint(path)["state_dict"], strict=False)
-    if missing or unexpected:
-        raise SystemExit(f"evaluate: {path} does not fit the model the config builds: missing {missing[:4]}, "
-                         f"unexpected {unexpected[:4]}")
-    return path
+    """A training checkpoint's state dict into the module (``checkpoint.load_weights``, as predict loads it)."""
+    from .checkpoint import load_weights
+    try:
+        return load_weights(module, spec, trainer.default_root_dir)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"evaluate: {e}") from None
 
 
 def _gather(obj, world: int) -> list:

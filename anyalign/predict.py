@@ -31,18 +31,15 @@ def load_model(model: str | None, config: str | None, ckpt_path: str | None, ove
     if model:
         from .export import load_aligned
         return load_aligned(model)
-    from .checkpoint import load_checkpoint
+    from .checkpoint import load_weights
     from .cli import build_cli
     cli = build_cli(["--config", config, *overrides])
-    module = cli.model
     if ckpt_path:
-        path = Path(cli.trainer.default_root_dir) / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
-        state = load_checkpoint(path)["state_dict"]
-        missing, unexpected = module.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise SystemExit(f"{path} does not fit the model {config} builds: missing {missing[:4]}, "
-                             f"unexpected {unexpected[:4]}")
-    return module.policy
+        try:
+            load_weights(cli.model, ckpt_path, cli.trainer.default_root_dir)
+        except (FileNotFoundError, ValueError) as e:
+            raise SystemExit(f"predict: {e}") from None
+    return cli.model.policy
 
 
 def read_inputs(inputs: list[str], model) -> Iterator[dict | Skipped]:

@@ -1,5 +1,6 @@
 """Checkpoints are safetensors files (no pickle) that round-trip Lightning's checkpoint dict exactly."""
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -75,3 +76,20 @@ def test_bco_running_mean_is_module_state(tiny_vit):
                         losses=[{"name": "sigmoid"}, {"name": "bco_pair"}], reward_term="sigmoid")
     fresh.load_state_dict(state)
     assert float(fresh.term_state["1"].mean) == 0.5
+
+
+def test_last_is_the_newest_last_checkpoint_of_the_run(tmp_path):
+    """A second run of a config writes last-v1.ckpt beside last.ckpt: ``last`` must mean the newest one."""
+    import os
+
+    from anyalign.checkpoint import resolve_checkpoint
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    for i, name in enumerate(["last-v1.ckpt", "last.ckpt", "epoch=1-step=9.ckpt"]):
+        (ckpts / name).write_bytes(b"x")
+        os.utime(ckpts / name, (1000 + i, 1000 + i))
+    os.utime(ckpts / "last-v1.ckpt", (2000, 2000))  # the second run's, written last
+    assert resolve_checkpoint("last", tmp_path).name == "last-v1.ckpt"
+    assert resolve_checkpoint("other.ckpt", tmp_path) == Path("other.ckpt")
+    with pytest.raises(FileNotFoundError, match="has this config been trained"):
+        resolve_checkpoint("last", tmp_path / "nowhere")
