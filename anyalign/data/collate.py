@@ -24,16 +24,17 @@ def _weights(ex: dict, name: str) -> list[float] | None:
     return ex.get("weights", {}).get(name)
 
 
-# sequence kinds scored after another example's prompt (KTO's "kl") and under corrupted media ("chosen_corrupt")
-MISMATCHED = [k for k in SEQUENCES.values() if k.other_example]
-CORRUPTED = [k for k in SEQUENCES.values() if k.corrupted_media]
+def _kinds(flag: str) -> list:
+    """Sequence kinds scored after another example's prompt (``other_example``: KTO's ``kl``) or under
+    corrupted media (``corrupted_media``: ``chosen_corrupt``), read from the registry when a batch is built."""
+    return [k for k in SEQUENCES.values() if getattr(k, flag)]
 
 
 def rows_for(examples: list[dict], layout: str) -> list[tuple]:
     rows = []
     for i, ex in enumerate(examples):
         slots = [(name, i, ids, _weights(ex, name)) for name, ids in ex["responses"].items()]
-        for kind in MISMATCHED:
+        for kind in _kinds("other_example"):
             if kind.response not in ex["responses"]:
                 continue
             # KTO's KL baseline: this prompt with the next sample's completion (a mismatched pair, as in
@@ -106,7 +107,7 @@ def conditional_rows(examples: list[dict], corrupted: list[dict]) -> list[tuple]
     response's token weights (the same text, so the same tokens are up-weighted); one row per example and
     corrupted-media sequence kind."""
     return [(ex["prompt"], media, [(kind.name, i, ex["responses"][kind.response], _weights(ex, kind.response))])
-            for kind in CORRUPTED for i, (ex, media) in enumerate(zip(examples, corrupted))
+            for kind in _kinds("corrupted_media") for i, (ex, media) in enumerate(zip(examples, corrupted))
             if kind.response in ex["responses"]]
 
 
