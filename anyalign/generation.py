@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 
 from modalities.base import BadSample
 
@@ -112,8 +113,7 @@ def generate_batch(model: MultimodalLM, prepared: list[dict], cfg: GenerationCon
         for m, items in p["media"].items():
             media.setdefault(m, []).extend(items)
     ids, mask = ids.to(device), mask.to(device)
-    batch_media = {m: model.adapters[m].collate(items) for m, items in media.items()}
-    batch_media = {m: _to(v, device) for m, v in batch_media.items()}
+    batch_media = move_data_to_device({m: model.adapters[m].collate(items) for m, items in media.items()}, device)
     embeds = model.embed(ids, batch_media)  # media encoded once, for the whole generation
     stops, emb_layer = _stop_ids(model), model.lm.get_input_embeddings()
     out = [[] for _ in range(n)]
@@ -154,16 +154,6 @@ def _forward_args(model: MultimodalLM) -> tuple[str, dict]:
     lm = model.lm.get_base_model() if hasattr(model.lm, "get_base_model") else model.lm
     params = inspect.signature(lm.forward).parameters
     return ("cache" if "cache" in params else "past_key_values"), ({"logits_to_keep": 1} if "logits_to_keep" in params else {})
-
-
-def _to(value, device):
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, dict):
-        return {k: _to(v, device) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to(v, device) for v in value)
-    return value
 
 
 def _cut(text: str, stop: list[str]) -> str:

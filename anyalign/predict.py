@@ -62,7 +62,7 @@ def read_inputs(inputs: list[str], model) -> Iterator[dict | Skipped]:
             continue
         for ex in decode(read_shards(iter(expand_shards(spec, "--input"))), adapters):
             yield ex if isinstance(ex, Skipped) else {"key": ex["key"], "messages": ex["messages"],
-                                                      "media": ex["media"], "record": ex}
+                                                      "media": ex["media"]}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -67,13 +67,20 @@ def test_sampling_is_seeded_and_stop_strings_cut(untrained):
     b = generate(untrained, samples, max_new_tokens=10, temperature=1.0, top_p=0.9, seed=7)
     c = generate(untrained, samples, max_new_tokens=10, temperature=1.0, top_p=0.9, seed=8)
     assert [x["response"] for x in a] == [x["response"] for x in b] != [x["response"] for x in c]
-    greedy = generate(untrained, samples, max_new_tokens=10)
-    text = greedy[0]["response"]
-    if len(text) > 2:
-        cut = generate(untrained, samples[:1], max_new_tokens=10, stop=[text[1:3]])[0]["response"]
-        assert cut == text[: text.index(text[1:3])]
     with pytest.raises(ValueError, match="top_p"):
         generate(untrained, samples, top_p=0.0)
+
+
+def test_stop_string_cuts_the_answer_and_stops_early(trained):
+    model, _ = trained
+    sample = _samples(model, 1)
+    full = generate(model, sample, max_new_tokens=16)[0]
+    words = full["response"].split()
+    assert len(words) >= 3, full  # the trained model answers in words ("The video shows ...")
+    stop = " " + words[2]
+    cut = generate(model, sample, max_new_tokens=16, stop=[stop])[0]
+    assert cut["response"] == full["response"][: full["response"].index(stop)]
+    assert cut["tokens"] < full["tokens"]  # generation stopped there, not just the text
 
 
 def test_swapping_the_video_changes_the_answer(trained):
