@@ -99,6 +99,12 @@ class ModalityAdapter(nn.Module, metaclass=_RecordsInitArgs):
     def collate(self, items: list[torch.Tensor]) -> torch.Tensor:
         return torch.stack(items)
 
+    def collate_samples(self, groups: list[list]) -> Any:
+        """A batch's items, one list per row in row order -> what ``forward`` takes. The default flattens them
+        into ``collate``; an adapter whose items were processed per sample (a pretrained family's) merges
+        those instead."""
+        return self.collate([item for group in groups for item in group])
+
     def preview(self, data: bytes, ext: str):
         """A picture of one raw media item for ``inspect --render`` (a ``PIL.Image``), or None for none."""
         return None

@@ -93,12 +93,12 @@ def collate_rows(rows: list[tuple], pad_id: int, adapters: dict, num_examples: i
             seq += 1
             offset = end
         for modality, items in row_media.items():
-            media.setdefault(modality, []).extend(items)
+            media.setdefault(modality, []).append(items)
     return {
         "input_ids": input_ids, "roles": roles, "position_ids": position_ids, "target_seq": target_seq,
         "pred_pos": pred_pos, "token_weights": token_weights, "num_sequences": seq,
         "index": {name: torch.tensor(ix, dtype=torch.long) for name, ix in index.items()},
-        "media": {m: adapters[m].collate(items) for m, items in media.items()},
+        "media": {m: adapters[m].collate_samples(groups) for m, groups in media.items()},
     }
 
 

@@ -125,7 +125,9 @@ class PreferenceDataModule(L.LightningDataModule):
     def _process(self, batch_size: int, negatives: dict | None = None, digest: bool = False):
         m = self.model
         adapters = dict(m.adapters.items())
-        tok = PreferenceTokenizer(m.tokenizer, m.media_token_ids, self.max_length)
+        # a pretrained family brings its own (its processor expands the placeholders and processes the media)
+        make = getattr(m, "preference_tokenizer", None)
+        tok = make(self.max_length) if make else PreferenceTokenizer(m.tokenizer, m.media_token_ids, self.max_length)
         collate = Collator(self.layout, m.tokenizer.pad_token_id, adapters, self.pad_to_multiple_of, negatives, self.seed)
         return Compose([
             partial(decode, adapters=adapters, digest=digest or bool(self.reference_stages)),  # raw sample -> media tensors

@@ -165,10 +165,15 @@ def tokenize(src: Iterator, tokenizer, adapters: dict) -> Iterator[dict | Skippe
             yield ex
             continue
         try:
-            sizes = {m: [adapters[m].num_tokens(x) for x in items] for m, items in ex["media"].items()}
             spans = ex.get("weights")
-            ids = (tokenizer(ex["messages"], ex["responses"], sizes, spans) if spans
-                   else tokenizer(ex["messages"], ex["responses"], sizes))
+            if getattr(tokenizer, "processes_media", False):
+                # a pretrained family's processor: it expands the placeholders itself and returns the
+                # media it processed (``anyalign/families``)
+                ids = tokenizer.encode(ex["messages"], ex["responses"], ex["media"], spans)
+            else:
+                sizes = {m: [adapters[m].num_tokens(x) for x in items] for m, items in ex["media"].items()}
+                ids = (tokenizer(ex["messages"], ex["responses"], sizes, spans) if spans
+                       else tokenizer(ex["messages"], ex["responses"], sizes))
         except BadSample as e:
             yield Skipped(ex["url"], ex["key"], str(e))
             continue
