@@ -24,6 +24,10 @@ def _class_path(obj) -> str:
 
 
 def save_aligned(model: MultimodalLM, directory: str | Path) -> Path:
+    """A pretrained family's model is written in its own format (``FamilyLM.save_pretrained``); an assembled one
+    in the layout above."""
+    if hasattr(model, "save_pretrained"):
+        return model.save_pretrained(directory)
     out = Path(directory)
     (out / "adapters").mkdir(parents=True, exist_ok=True)
     lm = model.lm

@@ -19,7 +19,8 @@ from modalities import ModalityAdapter
 from .data.negatives import validate_negatives
 from .losses import DATA_INPUTS, LOSSES, RunningMean, validate_terms
 from .metrics import HeldOut, TermOutput, default_reward_term, step_metrics
-from .model import MultimodalLM, StepCache
+from .families import build_policy
+from .model import StepCache
 from .reference import STRATEGIES, build_reference
 from .sequences import Needs
 
@@ -47,6 +48,9 @@ class AlignModule(L.LightningModule):
         trust_remote_code: bool = False,
         export_dir: str | None = "export",
         reward_term: str | None = None,
+        freeze: list[str] | None = None,
+        media: dict[str, dict] | None = None,
+        processor_kwargs: dict | None = None,
     ):
         """
         Args:
@@ -79,6 +83,13 @@ class AlignModule(L.LightningModule):
                 (relative paths go under the run's log directory); None disables.
             reward_term: the loss term whose rewards are logged as ``rewards/*`` and give the held-out
                 accuracy (default: the only term comparing chosen with rejected; required if there are several).
+            freeze: pretrained multimodal models only (``lm`` a LLaVA, Qwen2-VL, Gemma 3, ... checkpoint, no
+                ``adapters``): the parts kept fixed, from ``encoder`` (vision/audio towers), ``projector``, ``lm``
+                (default ``[encoder]``; with ``lora`` the LM's base weights stay fixed anyway).
+            media: pretrained multimodal models only: decoding options per modality, e.g.
+                ``{video: {num_frames: 8, fps: 2}, audio: {max_seconds: 30}}``.
+            processor_kwargs: pretrained multimodal models only: passed to ``AutoProcessor.from_pretrained``
+                (e.g. ``{max_pixels: 401408}`` for Qwen2-VL).
         """
         super().__init__()
         self.save_hyperparameters(ignore=["adapters"])
@@ -98,8 +109,8 @@ class AlignModule(L.LightningModule):
         self.reward_term = default_reward_term(self.terms, reward_term)
         # the sequences the terms take from the reference model
         ref_sequences = sorted(set().union(*(LOSSES[t["name"]].reference_sequences for t in self.terms)))
-        self.policy = MultimodalLM(lm, dict(adapters or {}), attn_implementation, torch_dtype, chat_template,
-                                   gradient_checkpointing, trust_remote_code, lora)
+        self.policy = build_policy(lm, dict(adapters or {}), attn_implementation, torch_dtype, chat_template,
+                                   gradient_checkpointing, trust_remote_code, lora, freeze, media, processor_kwargs)
         self.negatives = validate_negatives(negatives, self.policy.adapters)
         if self.needs.train_negatives and not self.negatives:
             names = [t["name"] for t in self.terms if Needs(tuple(LOSSES[t["name"]].sequences)).train_negatives]
@@ -130,7 +141,7 @@ class AlignModule(L.LightningModule):
         hparams = {k: v for k, v in ckpt.get("hyper_parameters", {}).items() if k in known}
         module = cls(**{**hparams, **kwargs})
         stored = sorted({k.split(".")[2] for k in ckpt["state_dict"] if k.startswith("policy.adapters.")})
-        if stored != sorted(module.policy.adapters):
+        if stored != sorted(m for m, a in module.policy.adapters.items() if a.state_dict()):
             raise ValueError(f"{checkpoint_path} was trained with adapters {stored}, the module has "
                              f"{sorted(module.policy.adapters)}: pass adapters={{...}} as the training config built them")
         missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)

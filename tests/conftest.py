@@ -80,3 +80,31 @@ def token_logps(model, ex: dict, name: str) -> torch.Tensor:
 def separate_logp(model, ex: dict, name: str) -> torch.Tensor:
     """The response's summed log-prob from ``token_logps``."""
     return token_logps(model, ex, name).sum()
+
+
+def _tiny_family_builders():
+    """tools/tiny_family_builders, loaded by path (tools/ holds scripts that run on import)."""
+    import importlib.util
+    init = ROOT / "tools" / "tiny_family_builders" / "__init__.py"
+    if "tiny_family_builders" in sys.modules:
+        return sys.modules["tiny_family_builders"]
+    spec = importlib.util.spec_from_file_location("tiny_family_builders", init,
+                                                  submodule_search_locations=[str(init.parent)])
+    module = sys.modules.setdefault("tiny_family_builders", importlib.util.module_from_spec(spec))
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def tiny_family(tmp_path_factory):
+    """family name -> directory of its tiny random checkpoint (built once per session, never downloaded)."""
+    builders, built = _tiny_family_builders(), {}
+
+    def get(family: str) -> str:
+        if family not in built:
+            missing = builders.missing_requirements(family)
+            if missing:
+                pytest.skip(f"{family}'s processor needs {missing}")
+            built[family] = str(builders.build(family, tmp_path_factory.mktemp(family)))
+        return built[family]
+    return get

@@ -36,10 +36,17 @@ class PreferenceTokenizer:
 
     def _suffix(self, messages: list[dict], prefix: str, response: str) -> str:
         full = self.render(messages, response)
-        if not full.startswith(prefix):
-            raise ValueError("the chat template does not render the prompt as a prefix of prompt + response; "
-                             "set model.chat_template to one that does")
-        return full[len(prefix):]
+        if full.startswith(prefix):
+            return full[len(prefix):]
+        # Some templates write the assistant header one way in the generation prompt and another way before a
+        # message (LLaVA-OneVision's: "assistant\n" vs "assistant \n"). What the model generates after the
+        # generation prompt is the content and what follows it, so that is the response.
+        probe = self.render(messages, _MARKER)
+        at = probe.find(_MARKER)
+        if at < 0 or not full.startswith(probe[:at]):
+            raise ValueError("the chat template does not render the prompt as a prefix of prompt + response, and "
+                             "the response's place in it cannot be found; set model.chat_template to one that does")
+        return full[at:]
 
     def _check(self, ids: list[int]) -> list[int]:
         if any(i in self.media_token_ids.values() for i in ids):

@@ -111,8 +111,10 @@ class AdapterDisabled(Reference):
         if not hasattr(policy.lm, "disable_adapter"):
             raise ValueError("model.reference=adapter_disabled needs a LoRA policy: set model.lora")
         self.policy = policy
-        self.initial = {f"adapters.{n}": p.detach().clone() for n, p in policy.adapters.named_parameters()
-                        if p.requires_grad}
+        # everything that trains besides the LoRA weights (adapters' projectors, a family's projector), as it
+        # was at the start: the reference is the initial policy
+        self.initial = {n: p.detach().clone() for n, p in policy.named_parameters()
+                        if p.requires_grad and "lora_" not in n}
 
     def setup(self, policy: MultimodalLM, device: torch.device, share_frozen: bool = False) -> None:
         self.initial = {k: v.to(device) for k, v in self.initial.items()}

@@ -1,0 +1,109 @@
+"""The pretrained multimodal families anyalign loads, one entry each: everything in which they differ.
+
+The rest of ``anyalign/families`` is written once for all of them: the model runs the family's own multimodal
+``model.model(...)`` forward (its own towers, projector, placeholder scatter) with anyalign's attention mask and
+position ids, and the data workers run the family's own processor. An entry says:
+
+- ``media``: per modality, the processor output keys that belong to it and how they merge across rows
+  (``cat0``: concatenate on dim 0, the default; ``cat1``: on dim 1, for one-row image stacks; ``pad1``: pad dim 1
+  with zeros to the longest, then concatenate on dim 0);
+- ``positions``: ``None`` for plain 1-D positions, or a function giving 3-D rotary positions (M-RoPE) for the rows;
+- ``bidirectional``: modalities whose tokens attend each other both ways inside one item (Gemma 3's images);
+- ``encoders`` / ``projectors``: attribute paths under ``model.model`` that ``model.freeze`` switches;
+- ``call_kwargs``: extra keyword arguments for the processor call, per modality present.
+
+What each family is and does, measured on tiny checkpoints: docs/families.md.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    model_types: tuple[str, ...]
+    media: dict[str, dict[str, str]]                  # modality -> {processor key: merge rule}
+    encoders: tuple[str, ...]
+    projectors: tuple[str, ...]
+    language_model: str = "language_model"
+    positions: Callable | None = None
+    bidirectional: tuple[str, ...] = ()
+    call_kwargs: Callable[[object, set], dict] | None = None
+    processor_keys: dict[str, str] = field(default_factory=lambda: {"image": "images", "video": "videos",
+                                                                    "audio": "audio"})
+    notes: str = ""
+
+
+def _token_id(config, modality: str) -> int | None:
+    for attr in (f"{modality}_token_id", f"{modality}_token_index"):
+        value = getattr(config, attr, None)
+        if value is not None:
+            return int(value)
+    return None
+
+
+def mrope_positions(hf_model, input_ids: torch.Tensor, attention_mask: torch.Tensor, media: dict) -> torch.Tensor:
+    """Qwen2-VL / Qwen2.5-VL: 3-D positions ``(3, rows, T)`` from the family's own ``get_rope_index``."""
+    cfg = hf_model.config
+    mm = torch.zeros_like(input_ids, dtype=torch.int32)
+    for value, modality in ((1, "image"), (2, "video")):
+        tid = _token_id(cfg, modality)
+        if tid is not None:
+            mm[input_ids == tid] = value
+    kwargs = {}
+    if "second_per_grid_ts" in media:
+        kwargs["second_per_grid_ts"] = media["second_per_grid_ts"]
+    positions, _ = hf_model.model.get_rope_index(input_ids, mm, image_grid_thw=media.get("image_grid_thw"),
+                                                 video_grid_thw=media.get("video_grid_thw"),
+                                                 attention_mask=attention_mask, **kwargs)
+    return positions
+
+
+FAMILIES: dict[str, Family] = {f.name: f for f in [
+    Family("llava", ("llava",),
+           media={"image": {"pixel_values": "cat0"}},
+           encoders=("vision_tower",), projectors=("multi_modal_projector",)),
+    Family("llava_onevision", ("llava_onevision",),
+           media={"image": {"pixel_values": "pad1", "image_sizes": "cat0", "batch_num_images": "cat0"},
+                  "video": {"pixel_values_videos": "cat0"}},
+           encoders=("vision_tower",), projectors=("multi_modal_projector",)),
+    Family("qwen2_vl", ("qwen2_vl",),
+           media={"image": {"pixel_values": "cat0", "image_grid_thw": "cat0"},
+                  "video": {"pixel_values_videos": "cat0", "video_grid_thw": "cat0"}},
+           encoders=("visual",), projectors=("visual.merger",), positions=mrope_positions),
+    Family("qwen2_5_vl", ("qwen2_5_vl",),
+           media={"image": {"pixel_values": "cat0", "image_grid_thw": "cat0"},
+                  "video": {"pixel_values_videos": "cat0", "video_grid_thw": "cat0", "second_per_grid_ts": "cat0"}},
+           encoders=("visual",), projectors=("visual.merger",), positions=mrope_positions),
+    Family("idefics3", ("idefics3", "smolvlm"),
+           media={"image": {"pixel_values": "cat1", "pixel_attention_mask": "cat1"}},
+           encoders=("vision_model",), projectors=("connector",), language_model="text_model"),
+    Family("gemma3", ("gemma3",),
+           media={"image": {"pixel_values": "cat0"}},
+           encoders=("vision_tower",), projectors=("multi_modal_projector",), bidirectional=("image",)),
+    Family("qwen2_audio", ("qwen2_audio",),
+           media={"audio": {"input_features": "cat0", "feature_attention_mask": "cat0"}},
+           encoders=("audio_tower",), projectors=("multi_modal_projector",),
+           call_kwargs=lambda processor, present: {"sampling_rate": processor.feature_extractor.sampling_rate}),
+]}
+
+
+def family_of(model_type: str) -> Family | None:
+    return next((f for f in FAMILIES.values() if model_type in f.model_types), None)
+
+
+def merge(values: list[torch.Tensor], rule: str) -> torch.Tensor:
+    """One processor key's tensors of several rows -> the batch's (see the module docstring for the rules)."""
+    if rule == "cat0":
+        return torch.cat(values, 0)
+    if rule == "cat1":
+        return torch.cat(values, 1)
+    if rule == "pad1":
+        width = max(v.shape[1] for v in values)
+        padded = [torch.nn.functional.pad(v, (0, 0) * (v.dim() - 2) + (0, width - v.shape[1])) for v in values]
+        return torch.cat(padded, 0)
+    raise ValueError(f"unknown merge rule {rule!r}")
