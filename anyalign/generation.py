@@ -72,6 +72,10 @@ def prepare(model: MultimodalLM, sample: dict) -> dict:
                 else (bytes(item), (adapter.extensions or ("",))[0])
             out.append(adapter.preprocess(adapter.decode(data, ext)))
         media[modality] = out
+    make = getattr(model, "preference_tokenizer", None)
+    if make is not None:  # a pretrained family: its processor expands the placeholders and processes the media
+        enc = make(1 << 30).encode(messages, {}, media)
+        return {"ids": enc["prompt"], "media": enc["media"], "messages": messages}
     sizes = {m: [model.adapters[m].num_tokens(x) for x in items] for m, items in media.items()}
     tok = PreferenceTokenizer(model.tokenizer, model.media_token_ids, max_length=1 << 30)
     return {"ids": tok(messages, {}, sizes)["prompt"], "media": media, "messages": messages}
@@ -101,6 +105,8 @@ def _pick(logits: torch.Tensor, cfg: GenerationConfig, rng: torch.Generator | No
 def generate_batch(model: MultimodalLM, prepared: list[dict], cfg: GenerationConfig, use_cache: bool = True,
                    rng: torch.Generator | None = None) -> list[list[int]]:
     """Token ids generated for each prepared prompt (stop token excluded)."""
+    if hasattr(model, "generate_ids"):  # a pretrained family: its own generate (M-RoPE, Gemma 3's image blocks)
+        return model.generate_ids(prepared, cfg, use_cache, rng, _stop_ids(model))
     device = next(model.parameters()).device
     pad = model.tokenizer.pad_token_id
     n, length = len(prepared), max(len(p["ids"]) for p in prepared)

@@ -92,7 +92,8 @@ def _generate(policy, samples: list[dict], max_new_tokens: int, batch_size: int,
 def choice_logps(policy, samples: list[dict], max_length: int, layout: str, batch_size: int,
                  skipped: list[Skipped]) -> dict[int, tuple[list[float], list[int]]]:
     """Index of each sample with ``choices`` -> (summed log-prob, token count) of each choice as its response."""
-    tok = PreferenceTokenizer(policy.tokenizer, policy.media_token_ids, max_length)
+    make = getattr(policy, "preference_tokenizer", None)  # a pretrained family's processor, or the default
+    tok = make(max_length) if make else PreferenceTokenizer(policy.tokenizer, policy.media_token_ids, max_length)
     adapters, device = dict(policy.adapters.items()), next(policy.parameters()).device
     todo = [i for i, s in enumerate(samples) if s.get("choices")]
     scores = {}
@@ -101,17 +102,22 @@ def choice_logps(policy, samples: list[dict], max_length: int, layout: str, batc
         rows, owners = [], []
         for i in todo[start:start + batch_size]:
             s = samples[i]
-            sizes = {m: [adapters[m].num_tokens(x) for x in items] for m, items in s["media"].items()}
+            choices = {f"choice{k}": c for k, c in enumerate(s["choices"])}
             try:
-                ids = tok(s["messages"], {f"choice{k}": c for k, c in enumerate(s["choices"])}, sizes)
+                if getattr(tok, "processes_media", False):
+                    ids = tok.encode(s["messages"], choices, s["media"])
+                else:
+                    sizes = {m: [adapters[m].num_tokens(x) for x in items] for m, items in s["media"].items()}
+                    ids = tok(s["messages"], choices, sizes)
             except BadSample as e:
                 skipped.append(Skipped(s.get("url", ""), s["key"], f"choices: {e}"))
                 continue
+            media = ids.get("media", s["media"])
             slots = [(name, len(owners), r) for name, r in ids["responses"].items()]
             if layout == "shared":
-                rows.append((ids["prompt"], s["media"], slots))
+                rows.append((ids["prompt"], media, slots))
             else:
-                rows.extend((ids["prompt"], s["media"], [slot]) for slot in slots)
+                rows.extend((ids["prompt"], media, [slot]) for slot in slots)
             owners.append(i)
         if not owners:
             continue

@@ -146,7 +146,8 @@ class FamilyLM(nn.Module):
 
     # ---- data ----
     def preference_tokenizer(self, max_length: int) -> FamilyTokenizer:
-        return FamilyTokenizer(self.processor, dict(self.adapters.items()), max_length)
+        make = self.family.tokenizer or FamilyTokenizer  # a family's own, when it renders prompts its own way
+        return make(self.processor, dict(self.adapters.items()), max_length)
 
     # ---- attention ----
     @property
@@ -228,6 +229,62 @@ class FamilyLM(nn.Module):
         out = self.hf.model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=self.positions(batch, media),
                             use_cache=False, **media)
         return gather_logps(out.last_hidden_state, self.hf.get_output_embeddings(), batch, self.softcap)
+
+    # ---- generation ----
+    @torch.no_grad()
+    def generate_ids(self, prepared: list[dict], cfg, use_cache: bool = True, rng: torch.Generator | None = None,
+                     stops: set[int] = frozenset()) -> list[list[int]]:
+        """Token ids generated for each prepared prompt (``anyalign.generation.prepare``), through the family's own
+        ``generate`` (its positions, masks and cache), left-padded, greedy or sampled as ``cfg`` says. Sampling
+        draws from torch's generator on the model's device, seeded from ``rng``; stop strings cut the answer."""
+        device = next(self.parameters()).device
+        pad = self.tokenizer.pad_token_id
+        n, length = len(prepared), max(len(p["ids"]) for p in prepared)
+        ids = torch.full((n, length), pad, dtype=torch.long)
+        mask = torch.zeros((n, length), dtype=torch.long)
+        for i, p in enumerate(prepared):
+            ids[i, length - len(p["ids"]):] = torch.tensor(p["ids"])
+            mask[i, length - len(p["ids"]):] = 1
+        media = {}
+        for m, adapter in self.adapters.items():
+            groups = [p["media"][m] for p in prepared if m in p["media"]]
+            if groups:
+                media.update(adapter.collate_samples(groups))
+        extra = {}
+        if self.family.positions is not None:
+            mm = torch.zeros_like(ids, dtype=torch.int32)
+            for value, m in ((1, "image"), (2, "video")):
+                if m in self.media_token_ids:
+                    mm[ids == self.media_token_ids[m]] = value
+            extra["mm_token_type_ids"] = mm
+        if self.bidirectional_ids:
+            extra["token_type_ids"] = torch.isin(ids, torch.tensor(self.bidirectional_ids)).long()
+        sample = cfg.temperature > 0
+        if sample:
+            seed = int(torch.randint(2**62, (), generator=rng, device=rng.device)) if rng is not None else cfg.seed
+            torch.manual_seed(seed)
+        kwargs = {"do_sample": sample, "max_new_tokens": cfg.max_new_tokens, "use_cache": use_cache,
+                  "pad_token_id": pad, "eos_token_id": sorted(stops) or None}
+        if sample:
+            kwargs |= {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": 0}
+        if cfg.stop:
+            kwargs |= {"stop_strings": list(cfg.stop), "tokenizer": self.tokenizer}
+        was_training = self.training
+        self.eval()
+        try:
+            out = self.lm.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                   **{k: v.to(device) for k, v in {**media, **extra}.items()}, **kwargs)
+        finally:
+            self.train(was_training)
+        answers = []
+        for row in out[:, length:].tolist():
+            tokens = []
+            for t in row:
+                if t in stops or t == pad:
+                    break
+                tokens.append(t)
+            answers.append(tokens)
+        return answers
 
     # ---- export ----
     def save_pretrained(self, directory: str | Path) -> Path:
