@@ -10,7 +10,10 @@ position ids, and the data workers run the family's own processor. An entry says
 - ``positions``: ``None`` for plain 1-D positions, or a function giving 3-D rotary positions (M-RoPE) for the rows;
 - ``bidirectional``: modalities whose tokens attend each other both ways inside one item (Gemma 3's images);
 - ``encoders`` / ``projectors``: attribute paths under ``model.model`` that ``model.freeze`` switches;
-- ``call_kwargs``: extra keyword arguments for the processor call, per modality present.
+- ``call_kwargs``: extra keyword arguments for the processor call, per modality present;
+- ``tokenizer``: what builds the data workers' tokenizer, ``(processor, adapters, max_length) -> FamilyTokenizer``,
+  when the family renders or processes prompts its own way (``None``: ``FamilyTokenizer``; Qwen2.5-Omni: a
+  video's soundtrack inside the video's block, ``omni.py``).
 
 What each family is and does, measured on tiny checkpoints: docs/families.md.
 """
@@ -33,6 +36,7 @@ class Family:
     positions: Callable | None = None
     bidirectional: tuple[str, ...] = ()
     call_kwargs: Callable[[object, set], dict] | None = None
+    tokenizer: Callable | None = None
     processor_keys: dict[str, str] = field(default_factory=lambda: {"image": "images", "video": "videos",
                                                                     "audio": "audio"})
     notes: str = ""
@@ -63,6 +67,15 @@ def mrope_positions(hf_model, input_ids: torch.Tensor, attention_mask: torch.Ten
     return positions
 
 
+def _omni(name: str) -> Callable:
+    """``omni.<name>``, imported when first called (``omni.py`` builds on ``template.py``, which imports this table)."""
+    def call(*args, **kwargs):
+        from . import omni
+        return getattr(omni, name)(*args, **kwargs)
+    call.__name__ = call.__qualname__ = f"omni.{name}"
+    return call
+
+
 FAMILIES: dict[str, Family] = {f.name: f for f in [
     Family("llava", ("llava",),
            media={"image": {"pixel_values": "cat0"}},
@@ -89,6 +102,12 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
            media={"audio": {"input_features": "cat0", "feature_attention_mask": "cat0"}},
            encoders=("audio_tower",), projectors=("multi_modal_projector",),
            call_kwargs=lambda processor, present: {"sampling_rate": processor.feature_extractor.sampling_rate}),
+    Family("qwen2_5_omni_thinker", ("qwen2_5_omni_thinker",),
+           media={"image": {"pixel_values": "cat0", "image_grid_thw": "cat0"},
+                  "video": {"pixel_values_videos": "cat0", "video_grid_thw": "cat0", "video_second_per_grid": "cat0"},
+                  "audio": {"input_features": "cat0", "feature_attention_mask": "cat0"}},
+           encoders=("visual", "audio_tower"), projectors=("visual.merger", "audio_tower.proj"),
+           positions=_omni("positions"), call_kwargs=_omni("call_kwargs"), tokenizer=_omni("OmniTokenizer")),
 ]}
 
 
