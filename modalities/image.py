@@ -1,6 +1,9 @@
 """Image adapter: Pillow decode, resize + normalise on CPU, vision tower + MLP projector on the model.
 
-One item is one image; a prompt with several ``<image>`` markers takes several items, in order.
+One item is one image; a prompt with several ``<image>`` markers takes several items, in order. Members:
+jpg, jpeg, png, webp, gif, bmp, tif, tiff (HEIC/AVIF need a Pillow plugin and are not read). The decoder
+(``vision.decode_image``) applies the EXIF orientation, scales 16-bit images to 8 bits, lays transparent
+images over white and turns every other mode (palette, CMYK, ...) into RGB.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from .vision import VisionTower, decode_image, to_pixels
 class ImageAdapter(ModalityAdapter):
     placeholder = "<image>"
     operators = IMAGE_OPS
-    extensions = ("jpg", "jpeg", "png", "webp")
+    extensions = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
 
     def __init__(
         self,

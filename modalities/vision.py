@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import nn
 
 from .base import BadSample, check_pretrained
@@ -51,6 +51,16 @@ def vision_preprocessing(path: str, encoder_config) -> tuple[int, list[float], l
 
 
 def decode_image(data: bytes) -> Image.Image:
+    """Image bytes -> an 8-bit RGB ``PIL.Image``, upright and with its tones kept:
+
+    - the EXIF orientation is applied (phone photos are stored sideways with a rotate tag);
+    - 16-bit and 32-bit grey (PNG ``I;16``, ``I``) and float (``F``) images are scaled to 8 bits, not clipped
+      (Pillow's own ``convert("RGB")`` clips them to 255, so a 16-bit PNG came out all white);
+    - images with transparency (``RGBA``, ``LA``, ``PA``, palette with a transparent colour) are laid over white,
+      as Hugging Face's image processors do, instead of showing whatever colour the transparent pixels hold;
+    - palette, CMYK, 1-bit and the other Pillow modes are converted to RGB.
+
+    An animated GIF or a multi-page TIFF gives its first frame."""
     try:
         img = Image.open(io.BytesIO(data))
         if img.width * img.height > MAX_PIXELS:
@@ -60,7 +70,54 @@ def decode_image(data: bytes) -> Image.Image:
         raise
     except Exception as e:  # Pillow raises many types for bad bytes
         raise BadSample(f"cannot decode image: {type(e).__name__}: {e}") from None
-    return img.convert("RGB")
+    try:
+        return to_rgb(upright(img))
+    except Exception as e:
+        raise BadSample(f"cannot convert image ({img.format} {img.mode}) to RGB: {type(e).__name__}: {e}") from None
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """The image as it is meant to be seen: its EXIF orientation (tag 274) applied. A broken EXIF block is
+    ignored, as viewers do."""
+    try:
+        orientation = img.getexif().get(274, 1)
+    except Exception:
+        return img
+    if orientation in (None, 1):
+        return img
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:
+        return img
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB (see ``decode_image``)."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode.startswith("I") or mode == "F":
+        return Image.fromarray(_grey_to_8bit(np.asarray(img), mode)).convert("RGB")
+    if (mode == "P" and "transparency" in img.info) or mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, HSV, ...
+
+
+def _grey_to_8bit(a: np.ndarray, mode: str) -> np.ndarray:
+    """Grey values of more than 8 bits -> uint8. 16-bit modes (``I;16*``, and ``I`` holding values up to 65535,
+    as Pillow opens some 16-bit PNGs and TIFFs) map 0..65535 onto 0..255; floats in [0, 1] are scaled by 255;
+    anything else is stretched from its own minimum to its maximum."""
+    a = a.astype(np.float64)
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if mode.startswith("I;16") or (mode == "I" and lo >= 0 and hi > 255 and hi <= 65535):
+        a = a / 257.0
+    elif mode == "F" and lo >= 0 and hi <= 1.0:
+        a = a * 255.0
+    elif lo < 0 or hi > 255:
+        a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
 
 
 def to_pixels(frames: np.ndarray, mean: list[float], std: list[float]) -> torch.Tensor:
