@@ -207,9 +207,10 @@ class FamilyLM(nn.Module):
             return text
         roles = batch["roles"]
         pos = self.family.positions(self.hf, batch["input_ids"], (roles >= 0).long(), media)
-        # each response continues from the prompt's end, whatever precedes it in the row
+        # each response continues from the prompt's last token (the row's prefix), whatever precedes it in the row;
+        # not from the prompt's largest id: Omni's interleaved video + audio may end below it
         prompt_len = (roles == 0).sum(1, keepdim=True)
-        start = torch.where(roles == 0, pos.amax(0), torch.full_like(text, -1)).amax(1, keepdim=True) + 1
+        start = pos.amax(0).gather(1, (prompt_len - 1).clamp(min=0)) + 1
         slot = roles > 0
         cont = (start + text - prompt_len).unsqueeze(0).expand_as(pos)
         return torch.where(slot.unsqueeze(0), cont, pos)
