@@ -2,7 +2,9 @@
 (precomputed included), negatives on the raw media, and bad samples skipped with their reason."""
 from __future__ import annotations
 
+import glob
 import json
+import sys
 
 import pytest
 import torch
@@ -134,3 +136,25 @@ def test_reference_strategies_agree(tiny_family, tmp_path, monkeypatch):
         assert [r["keys"] for r in logs[ref]] == [r["keys"] for r in logs["adapter_disabled"]]
         for a, b in zip(logs[ref], logs["adapter_disabled"]):
             assert a["loss"] == pytest.approx(b["loss"], abs=1e-4), ref
+
+
+def test_ddp_fit_with_the_export_on(tiny_family, tmp_path):
+    """Two CPU ranks (gloo) through python -m anyalign fit with configs/strategies/ddp.yaml and the default export:
+    exit 0, both ranks trained their own samples, and the export reloads with the family's class."""
+    from test_distributed import launch
+    lm = tiny_family("qwen2_vl")
+    cmd = [sys.executable, "-m", "anyalign", "fit", "--config", "configs/qwen2_vl_dpo.yaml", "--config",
+           "configs/strategies/ddp.yaml", "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--model.lm", lm,
+           *FIT[:-4], "--trainer.limit_val_batches", "1", "--data.val_shards", "assets/data/image/val-000.tar",
+           "--data.train_shards", "assets/data/image/train-{000..001}.tar", "--trainer.default_root_dir",
+           str(tmp_path / "run"), "--model.export_dir", "export",
+           "--trainer.callbacks+=test_distributed.RankProbe", f"--trainer.callbacks.out_dir={tmp_path / 'probe'}"]
+    ranks, proc = launch(cmd, tmp_path)
+    assert len(ranks) == 2
+    a, b = ({k for batch in r["train"] for k in batch["keys"]} for r in ranks)
+    assert a and b and not a & b
+    (export,) = glob.glob(f"{tmp_path}/run/**/export/config.json", recursive=True)
+    import transformers
+    _, info = transformers.Qwen2VLForConditionalGeneration.from_pretrained(export.rsplit("/", 1)[0],
+                                                                           output_loading_info=True)
+    assert not any(info.values())
