@@ -24,14 +24,8 @@ import torch
 
 from modalities import BadSample
 
+from .table import sampling_rate
 from .template import FamilyTokenizer
-
-
-def call_kwargs(processor, present: set) -> dict:
-    """Processor call arguments: audio at the feature extractor's sampling rate."""
-    if "audio" in present:
-        return {"sampling_rate": processor.feature_extractor.sampling_rate}
-    return {}
 
 
 class OmniTokenizer(FamilyTokenizer):
@@ -79,7 +73,7 @@ class OmniTokenizer(FamilyTokenizer):
         prefix = self.render(messages)
         kwargs = {self.adapters[m].family.processor_keys[m]: [self.adapters[m].to_processor(x) for x in items]
                   for m, items in media.items()}
-        kwargs.update(call_kwargs(self.processor, set(media)))
+        kwargs.update(sampling_rate(self.processor, set(media)))
         bos = self.tokenizer.bos_token
         add_special = not (bos is not None and prefix.startswith(bos))
         out = self.processor(text=[prefix], return_tensors="pt", add_special_tokens=add_special,

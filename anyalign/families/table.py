@@ -67,13 +67,20 @@ def mrope_positions(hf_model, input_ids: torch.Tensor, attention_mask: torch.Ten
     return positions
 
 
-def _omni(name: str) -> Callable:
-    """``omni.<name>``, imported when first called (``omni.py`` builds on ``template.py``, which imports this table)."""
-    def call(*args, **kwargs):
+def sampling_rate(processor, present: set) -> dict:
+    """``call_kwargs`` of the audio families: audio at the feature extractor's sampling rate."""
+    return {"sampling_rate": processor.feature_extractor.sampling_rate} if "audio" in present else {}
+
+
+@dataclass(frozen=True)
+class _Omni:
+    """``omni.<name>``, imported when first called (``omni.py`` builds on ``template.py``, which imports this
+    table); an instance, not a closure, so a ``Family`` pickles for spawned data workers."""
+    name: str
+
+    def __call__(self, *args, **kwargs):
         from . import omni
-        return getattr(omni, name)(*args, **kwargs)
-    call.__name__ = call.__qualname__ = f"omni.{name}"
-    return call
+        return getattr(omni, self.name)(*args, **kwargs)
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in [
@@ -101,13 +108,13 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
     Family("qwen2_audio", ("qwen2_audio",),
            media={"audio": {"input_features": "cat0", "feature_attention_mask": "cat0"}},
            encoders=("audio_tower",), projectors=("multi_modal_projector",),
-           call_kwargs=lambda processor, present: {"sampling_rate": processor.feature_extractor.sampling_rate}),
+           call_kwargs=sampling_rate),
     Family("qwen2_5_omni_thinker", ("qwen2_5_omni_thinker",),
            media={"image": {"pixel_values": "cat0", "image_grid_thw": "cat0"},
                   "video": {"pixel_values_videos": "cat0", "video_grid_thw": "cat0", "video_second_per_grid": "cat0"},
                   "audio": {"input_features": "cat0", "feature_attention_mask": "cat0"}},
            encoders=("visual", "audio_tower"), projectors=("visual.merger", "audio_tower.proj"),
-           positions=_omni("positions"), call_kwargs=_omni("call_kwargs"), tokenizer=_omni("OmniTokenizer")),
+           positions=_Omni("positions"), call_kwargs=sampling_rate, tokenizer=_Omni("OmniTokenizer")),
 ]}
 
 
