@@ -23,8 +23,9 @@ from .preview import spectrogram
 
 class AudioAdapter(ModalityAdapter):
     placeholder = "<audio>"
-    extensions = ("wav", "flac", "mp3", "ogg")
-    container_extensions = ("mp4",)
+    extensions = ("wav", "flac", "mp3", "ogg", "opus", "m4a")
+    #: the soundtrack of a video container, read when the prompt has ``<audio>`` and no audio member
+    container_extensions = ("mp4", "webm", "mov", "mkv")
     operators = AUDIO_OPS
 
     def __init__(
