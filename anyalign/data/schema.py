@@ -188,6 +188,10 @@ def media_fields(sample: dict, extensions: tuple[str, ...]) -> list[tuple[str, s
     """Fields of a raw sample that belong to one adapter, in item order: ``[(field, ext), ...]``.
 
     ``jpg`` is a single item; ``0.jpg``, ``1.png``, ... are items 0, 1, ... Mixing both is an error.
+
+    When the sample also holds a member that no known adapter reads (``KEY.heic``) and the prompt has more
+    of this adapter's markers than the sample has items for it, the sample is refused here, naming that
+    member: the count check after decoding cannot see members that no adapter took (``ignored_members``).
     """
     found = []
     for field in sample:
@@ -200,7 +204,89 @@ def media_fields(sample: dict, extensions: tuple[str, ...]) -> list[tuple[str, s
     if len(found) > 1 and any(not stem.isdigit() for stem, _, _ in found):
         raise BadSample(f"several media fields without item numbers: {sorted(f for _, f, _ in found)}")
     found.sort(key=lambda x: int(x[0]) if x[0].isdigit() else -1)
+    _check_ignored(sample, extensions, len(found))
     return [(field, ext) for _, field, ext in found]
+
+
+# ---- members no adapter reads, named in the reason when the prompt's markers go short ----
+
+NOT_MEDIA = ("json",)  # members that are never media items
+_KNOWN: dict | None = None
+
+
+def _known_adapters() -> dict:
+    """What the registered adapters (built-in and ``anyalign.modalities`` entry points) read, from their class
+    attributes: ``{"placeholders": {extensions tuple: {placeholder, ...}}, "reads": {placeholder: extensions and
+    container extensions}, "all": every extension any of them reads}``. Built once per process."""
+    global _KNOWN
+    if _KNOWN is None:
+        from modalities.registry import load_entry_points
+
+        placeholders, reads, every = {}, {}, set()
+        for cls in load_entry_points().values():
+            own = tuple(e.lower() for e in cls.extensions)
+            containers = tuple(e.lower() for e in cls.container_extensions)
+            every.update(own + containers)
+            if cls.placeholder and own:
+                placeholders.setdefault(own, set()).add(cls.placeholder)
+                reads.setdefault(cls.placeholder, set()).update(own + containers)
+        _KNOWN = {"placeholders": placeholders, "reads": reads, "all": frozenset(every)}
+    return _KNOWN
+
+
+def _ext(field: str) -> str:
+    return field.rpartition(".")[2].lower()
+
+
+def ignored_members(sample: dict, read: set[str] | frozenset[str]) -> list[str]:
+    """Members of a raw sample that would not be decoded: not ``KEY.json`` and no extension in ``read``."""
+    return [f for f in sample if not f.startswith("__") and f not in NOT_MEDIA and _ext(f) not in read]
+
+
+def describe_ignored(sample: dict, fields: list[str], read_by: dict[str, str] | None = None) -> str:
+    """``KEY.x.heic (no adapter reads .heic), ...``; ``read_by``: extension -> the adapter that would read it
+    (for a member whose adapter the run does not have)."""
+    key = sample.get("__key__", "KEY")
+    out = []
+    for f in fields:
+        ext = _ext(f)
+        why = (f"read by the {read_by[ext]} adapter, which this run does not have" if read_by and ext in read_by
+               else f"no adapter reads .{ext}")
+        out.append(f"{key}.{f} ({why})")
+    return ", ".join(out)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def marker_shortfall(marker: str, modality: str, markers: int, items: int, ignored: str = "") -> str:
+    """The reason for a prompt whose markers and items do not match, naming what was ignored, if anything:
+    ``prompt has 1 <image> placeholder but the sample has 0 image items; ignored member(s): ...``."""
+    text = (f"prompt has {_plural(markers, marker + ' placeholder')} but the sample has "
+            f"{_plural(items, modality + ' item')}")
+    return f"{text}; ignored member(s): {ignored}" if ignored else text
+
+
+def _check_ignored(sample: dict, extensions: tuple[str, ...], have: int) -> None:
+    known = _known_adapters()
+    ignored = ignored_members(sample, known["all"])
+    if not ignored or "json" not in sample:  # the common case costs one pass over the member names
+        return
+    marks = known["placeholders"].get(tuple(e.lower() for e in extensions), set())
+    if len(marks) != 1:  # not a registered adapter's extensions (or ambiguous): the count check reports it
+        return
+    (marker,) = marks
+    if not have:  # the soundtrack of a video container counts too
+        have = sum(_ext(f) in known["reads"][marker] for f in sample if not f.startswith("__"))
+    try:
+        record = json.loads(sample["json"].decode("utf-8"))
+        messages = _messages(record)
+    except Exception:  # parse_record reports a broken record
+        return
+    count = sum(m["content"].count(marker) for m in messages)
+    if count > have:
+        raise BadSample(marker_shortfall(marker, marker.strip("<>"), count, have, describe_ignored(sample, ignored)))
 
 
 def is_unpaired(record: dict) -> bool:

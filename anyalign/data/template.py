@@ -116,7 +116,11 @@ class PreferenceTokenizer:
         for m, n in counts.items():
             have = len(sizes.get(m, []))
             if n != have:
-                raise BadSample(f"prompt has {n} {m} placeholder(s) but the sample has {have} {m} item(s)")
+                raise BadSample(f"prompt has {n} {self.tokenizer.convert_ids_to_tokens(self.media_token_ids[m])} "
+                                f"placeholder{'' if n == 1 else 's'} but the sample has {have} {m} "
+                                f"item{'' if have == 1 else 's'}" + ("" if have else
+                                "; media members are KEY.<ext> or KEY.0.<ext>, KEY.1.<ext>, ... with an extension "
+                                "the adapter reads"))
         room = self.max_length - len(prompt)
         if room < 1:
             raise BadSample(f"prompt takes {len(prompt)} tokens with its media; max_length is {self.max_length}")
