@@ -63,8 +63,18 @@ def own_forward_logps(model, batch: dict) -> torch.Tensor:
 @pytest.mark.parametrize("modality", CASES)
 def test_logps_equal_the_thinker_forward(tiny_family, modality):
     model = omni_policy(tiny_family).eval()
+    check_logps(model, modality, soundtrack_expected=modality == "audio_visual")
+
+
+def test_soundtrack_as_a_separate_clip(tiny_family):
+    """``model.media.video.audio_in_video: false``: the audio-visual samples' audio is an item of its own."""
+    model = omni_policy(tiny_family, video={**TINY_VIDEO["video"], "audio_in_video": False}).eval()
+    check_logps(model, "audio_visual", soundtrack_expected=False)
+
+
+def check_logps(model, modality: str, soundtrack_expected: bool) -> None:
     shared = batches(model, modality, "shared", 1)[0]
-    assert soundtrack(model, shared["input_ids"][0]) == (modality == "audio_visual")
+    assert soundtrack(model, shared["input_ids"][0]) == soundtrack_expected
     with torch.no_grad():
         own = own_forward_logps(model, shared)  # chosen, rejected: the order of the shared row's slots
     for layout in ("shared", "concatenated"):
