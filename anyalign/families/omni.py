@@ -69,7 +69,7 @@ class OmniTokenizer(FamilyTokenizer):
                             f"video and {len(audios)} audio item(s)")
         extra = set(media) - set(self.adapters)
         if extra:
-            raise BadSample(f"this model takes no {sorted(extra)[0]}")
+            raise BadSample(f"this model takes no {min(extra)}")
         prefix = self.render(messages)
         kwargs = {self.adapters[m].family.processor_keys[m]: [self.adapters[m].to_processor(x) for x in items]
                   for m, items in media.items()}
@@ -103,17 +103,19 @@ def positions(hf_model, input_ids: torch.Tensor, attention_mask: torch.Tensor, m
         if with_sound and counts["video"] != with_sound:
             raise ValueError("a row mixes videos with and without their soundtrack; the thinker's get_rope_index "
                              "takes one use_audio_in_video per call")
-
-        def take(values, kind):
-            if values is None or not counts[kind]:
-                return None
-            return values[done[kind]:done[kind] + counts[kind]]
-
         pos, _ = hf_model.model.get_rope_index(
-            row[None], image_grid_thw=take(image_grid, "image"), video_grid_thw=take(video_grid, "video"),
-            attention_mask=mask[None], use_audio_in_video=bool(with_sound),
-            audio_seqlens=take(audio_lengths, "audio"), second_per_grids=take(seconds, "video"))
+            row[None], image_grid_thw=_take(image_grid, done, counts, "image"),
+            video_grid_thw=_take(video_grid, done, counts, "video"), attention_mask=mask[None],
+            use_audio_in_video=bool(with_sound), audio_seqlens=_take(audio_lengths, done, counts, "audio"),
+            second_per_grids=_take(seconds, done, counts, "video"))
         rows.append(pos)
         for kind in done:
             done[kind] += counts[kind]
     return torch.cat(rows, 1)
+
+
+def _take(values: torch.Tensor | None, done: dict, counts: dict, kind: str) -> torch.Tensor | None:
+    """This row's entries of a batch tensor of ``kind`` (the rows before it used ``done[kind]``)."""
+    if values is None or not counts[kind]:
+        return None
+    return values[done[kind]:done[kind] + counts[kind]]
