@@ -237,7 +237,22 @@ class FamilyLM(nn.Module):
                      stops: set[int] = frozenset()) -> list[list[int]]:
         """Token ids generated for each prepared prompt (``anyalign.generation.prepare``), through the family's own
         ``generate`` (its positions, masks and cache), left-padded, greedy or sampled as ``cfg`` says. Sampling
-        draws from torch's generator on the model's device, seeded from ``rng``; stop strings cut the answer."""
+        draws from torch's generator, seeded from ``rng``. Prompts whose family arguments differ (Qwen2.5-Omni's
+        ``use_audio_in_video``) are generated in separate calls."""
+        import inspect
+        groups: dict[tuple, list[int]] = {}
+        for i, p in enumerate(prepared):
+            extra = self.family.generate_kwargs(self.hf, torch.tensor(p["ids"])) if self.family.generate_kwargs else {}
+            groups.setdefault(tuple(sorted(extra.items())), []).append(i)
+        takes = inspect.signature(self.hf.forward).parameters
+        answers: list[list[int]] = [[] for _ in prepared]
+        for key, members in groups.items():
+            out = self._generate([prepared[i] for i in members], cfg, use_cache, rng, stops, dict(key), takes)
+            for i, tokens in zip(members, out):
+                answers[i] = tokens
+        return answers
+
+    def _generate(self, prepared, cfg, use_cache, rng, stops, family_kwargs: dict, takes) -> list[list[int]]:
         device = next(self.parameters()).device
         pad = self.tokenizer.pad_token_id
         n, length = len(prepared), max(len(p["ids"]) for p in prepared)
@@ -251,14 +266,14 @@ class FamilyLM(nn.Module):
             groups = [p["media"][m] for p in prepared if m in p["media"]]
             if groups:
                 media.update(adapter.collate_samples(groups))
-        extra = {}
-        if self.family.positions is not None:
+        extra = dict(family_kwargs)
+        if self.family.positions is not None and "mm_token_type_ids" in takes:  # Qwen2-VL / 2.5-VL
             mm = torch.zeros_like(ids, dtype=torch.int32)
             for value, m in ((1, "image"), (2, "video")):
                 if m in self.media_token_ids:
                     mm[ids == self.media_token_ids[m]] = value
             extra["mm_token_type_ids"] = mm
-        if self.bidirectional_ids:
+        if self.bidirectional_ids:  # Gemma 3: image blocks attend both ways
             extra["token_type_ids"] = torch.isin(ids, torch.tensor(self.bidirectional_ids)).long()
         sample = cfg.temperature > 0
         if sample:
@@ -273,8 +288,8 @@ class FamilyLM(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            out = self.lm.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                   **{k: v.to(device) for k, v in {**media, **extra}.items()}, **kwargs)
+            tensors = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in {**media, **extra}.items()}
+            out = self.lm.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **tensors, **kwargs)
         finally:
             self.train(was_training)
         answers = []

@@ -119,3 +119,11 @@ def _take(values: torch.Tensor | None, done: dict, counts: dict, kind: str) -> t
     if values is None or not counts[kind]:
         return None
     return values[done[kind]:done[kind] + counts[kind]]
+
+
+def generate_kwargs(hf_model, ids: torch.Tensor) -> dict:
+    """A prompt's ``use_audio_in_video`` for the thinker's ``generate``: whether its video blocks open with
+    ``<|audio_bos|>`` (one flag per call, so ``FamilyLM.generate_ids`` groups prompts by it)."""
+    cfg = hf_model.config
+    opened = ids[1:][ids[:-1] == cfg.vision_start_token_id]
+    return {"use_audio_in_video": bool((opened == cfg.audio_start_token_id).any())}

@@ -13,7 +13,9 @@ position ids, and the data workers run the family's own processor. An entry says
 - ``call_kwargs``: extra keyword arguments for the processor call, per modality present;
 - ``tokenizer``: what builds the data workers' tokenizer, ``(processor, adapters, max_length) -> FamilyTokenizer``,
   when the family renders or processes prompts its own way (``None``: ``FamilyTokenizer``; Qwen2.5-Omni: a
-  video's soundtrack inside the video's block, ``omni.py``).
+  video's soundtrack inside the video's block, ``omni.py``);
+- ``generate_kwargs``: ``(hf_model, prompt_ids) -> dict`` of extra arguments one prompt needs in the family's
+  ``generate`` (Qwen2.5-Omni: ``use_audio_in_video``); prompts that need different ones are generated apart.
 
 What each family is and does, measured on tiny checkpoints: docs/families.md.
 """
@@ -37,6 +39,7 @@ class Family:
     bidirectional: tuple[str, ...] = ()
     call_kwargs: Callable[[object, set], dict] | None = None
     tokenizer: Callable | None = None
+    generate_kwargs: Callable | None = None
     processor_keys: dict[str, str] = field(default_factory=lambda: {"image": "images", "video": "videos",
                                                                     "audio": "audio"})
     notes: str = ""
@@ -114,7 +117,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
                   "video": {"pixel_values_videos": "cat0", "video_grid_thw": "cat0", "video_second_per_grid": "cat0"},
                   "audio": {"input_features": "cat0", "feature_attention_mask": "cat0"}},
            encoders=("visual", "audio_tower"), projectors=("visual.merger", "audio_tower.proj"),
-           positions=_Omni("positions"), call_kwargs=sampling_rate, tokenizer=_Omni("OmniTokenizer")),
+           positions=_Omni("positions"), call_kwargs=sampling_rate, tokenizer=_Omni("OmniTokenizer"),
+           generate_kwargs=_Omni("generate_kwargs")),
 ]}
 
 
