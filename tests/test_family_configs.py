@@ -18,7 +18,7 @@ from conftest import ROOT
 # config -> the tiny family checkpoint the test points it at
 FAMILY_CONFIGS = {"llava_dpo": "llava", "llava_onevision_dpo": "llava_onevision", "qwen2_vl_dpo": "qwen2_vl",
                   "qwen2_5_vl_dpo": "qwen2_5_vl", "smolvlm_dpo": "smolvlm", "gemma3_dpo": "gemma3",
-                  "qwen2_audio_dpo": "qwen2_audio"}
+                  "qwen2_audio_dpo": "qwen2_audio", "qwen2_5_omni_dpo": "qwen2_5_omni_thinker"}
 
 
 def test_every_family_config_is_tested():
@@ -84,23 +84,26 @@ def test_family_config_fits_lowers_the_loss_and_exports(config, tiny_family, tmp
     policy = build_policy(export, {}).eval()
     from anyalign.data.pipeline import decode, read_shards
     (sample,) = [s for s, _ in zip(decode(read_shards(iter([str(ROOT / val)])), dict(policy.adapters.items())), range(1))]
-    (modality,) = sample["media"]
-    marker = policy.adapters[modality].placeholder
-    item = sample["media"][modality][0]
-    ours = generate(policy, [{"prompt": sample["messages"][0]["content"], "media": {modality: [item]}}],
-                    max_new_tokens=6)[0]
-    ready = prepare(policy, {"prompt": sample["messages"][0]["content"], "media": {modality: [item]}})
+    prompt = {"prompt": sample["messages"][0]["content"], "media": sample["media"]}
+    for modality in sample["media"]:
+        assert policy.adapters[modality].placeholder in prompt["prompt"]
+    ours = generate(policy, [prompt], max_new_tokens=6)[0]
+    ready = prepare(policy, prompt)
     ids = torch.tensor([ready["ids"]])
-    media = {k: v for k, v in policy.adapters[modality].collate_samples([ready["media"][modality]]).items()}
-    extra = {}
-    if policy.family.positions is not None:
-        extra["mm_token_type_ids"] = torch.zeros_like(ids, dtype=torch.int32).masked_fill(
-            ids == policy.media_token_ids[modality], 1 if modality == "image" else 2)
+    media = {}
+    for m, items in ready["media"].items():
+        media.update(policy.adapters[m].collate_samples([items]))
+    extra = policy.family.generate_kwargs(policy.hf, ids[0]) if policy.family.generate_kwargs else {}
+    if policy.family.positions is not None and policy.family.generate_kwargs is None:  # Qwen2-VL, Qwen2.5-VL
+        mm = torch.zeros_like(ids, dtype=torch.int32)
+        for value, m in ((1, "image"), (2, "video")):
+            if m in policy.media_token_ids:
+                mm[ids == policy.media_token_ids[m]] = value
+        extra["mm_token_type_ids"] = mm
     if policy.family.bidirectional:
-        extra["token_type_ids"] = (ids == policy.media_token_ids[modality]).long()
+        extra["token_type_ids"] = torch.isin(ids, torch.tensor(policy.bidirectional_ids)).long()
     theirs = reloaded.eval().generate(input_ids=ids, attention_mask=torch.ones_like(ids), **media, **extra,
                                       max_new_tokens=6, do_sample=False)[0, ids.shape[1]:]
-    assert marker in sample["messages"][0]["content"]
     expected = processor.tokenizer.decode([t for t in theirs.tolist() if t != processor.tokenizer.pad_token_id],
                                           skip_special_tokens=True)
     assert ours["tokens"] >= 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -158,3 +159,27 @@ def test_ddp_fit_with_the_export_on(tiny_family, tmp_path):
     _, info = transformers.Qwen2VLForConditionalGeneration.from_pretrained(export.rsplit("/", 1)[0],
                                                                            output_loading_info=True)
     assert not any(info.values())
+
+
+def test_a_full_omni_checkpoint_loads_as_its_thinker(tiny_family, tmp_path):
+    """model.lm naming a full Qwen2.5-Omni checkpoint (model_type qwen2_5_omni, weights under thinker.*) gives the
+    same model as its thinker saved alone."""
+    import shutil
+    from transformers import Qwen2_5OmniConfig, Qwen2_5OmniForConditionalGeneration, Qwen2_5OmniThinkerConfig
+    thinker = tiny_family("qwen2_5_omni_thinker")
+    torch.manual_seed(0)
+    config = Qwen2_5OmniConfig(thinker_config=Qwen2_5OmniThinkerConfig.from_pretrained(thinker).to_dict(),
+                               enable_audio_output=False)
+    full = Qwen2_5OmniForConditionalGeneration(config)
+    import transformers
+    full.thinker.load_state_dict(transformers.Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(thinker)
+                                 .state_dict())
+    full.save_pretrained(tmp_path / "full")
+    for f in Path(thinker).iterdir():  # the processor files
+        if not f.name.startswith(("config", "model", "generation")):
+            shutil.copy(f, tmp_path / "full" / f.name)
+    a, b = policy(tiny_family, "qwen2_5_omni_thinker").eval(), build_policy(str(tmp_path / "full"), {}).eval()
+    assert type(b.hf).__name__ == "Qwen2_5OmniThinkerForConditionalGeneration"
+    batch = batches(a, "audio_visual", "shared", 1)[0]
+    with torch.no_grad():
+        torch.testing.assert_close(a(batch).logps, b(batch).logps, atol=0, rtol=0)

@@ -65,7 +65,8 @@ class FamilyLM(nn.Module):
         self.attn_request = attn_implementation
         impl = "sdpa" if attn_implementation == "auto" else attn_implementation
         config = transformers.AutoConfig.from_pretrained(lm, trust_remote_code=trust_remote_code)
-        cls = getattr(transformers, config.architectures[0], None) if config.architectures else None
+        name = family.model_class or (config.architectures[0] if config.architectures else None)
+        cls = getattr(transformers, name, None) if name else None
         if cls is None:
             cls = transformers.AutoModelForImageTextToText
         self.lm = cls.from_pretrained(lm, attn_implementation=impl, dtype=getattr(torch, torch_dtype),

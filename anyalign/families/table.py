@@ -14,6 +14,8 @@ position ids, and the data workers run the family's own processor. An entry says
 - ``tokenizer``: what builds the data workers' tokenizer, ``(processor, adapters, max_length) -> FamilyTokenizer``,
   when the family renders or processes prompts its own way (``None``: ``FamilyTokenizer``; Qwen2.5-Omni: a
   video's soundtrack inside the video's block, ``omni.py``);
+- ``model_class``: the transformers class to load when it is not the checkpoint's own architecture (a full
+  Qwen2.5-Omni checkpoint is loaded as its thinker);
 - ``generate_kwargs``: ``(hf_model, prompt_ids) -> dict`` of extra arguments one prompt needs in the family's
   ``generate`` (Qwen2.5-Omni: ``use_audio_in_video``); prompts that need different ones are generated apart.
 
@@ -40,6 +42,7 @@ class Family:
     call_kwargs: Callable[[object, set], dict] | None = None
     tokenizer: Callable | None = None
     generate_kwargs: Callable | None = None
+    model_class: str | None = None                    # the class to load, when not the checkpoint's own
     processor_keys: dict[str, str] = field(default_factory=lambda: {"image": "images", "video": "videos",
                                                                     "audio": "audio"})
     notes: str = ""
@@ -112,7 +115,9 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
            media={"audio": {"input_features": "cat0", "feature_attention_mask": "cat0"}},
            encoders=("audio_tower",), projectors=("multi_modal_projector",),
            call_kwargs=sampling_rate),
-    Family("qwen2_5_omni_thinker", ("qwen2_5_omni_thinker",),
+    # a full Qwen2.5-Omni checkpoint (thinker + talker) is loaded as its thinker: text out, the talker left behind
+    Family("qwen2_5_omni_thinker", ("qwen2_5_omni_thinker", "qwen2_5_omni"),
+           model_class="Qwen2_5OmniThinkerForConditionalGeneration",
            media={"image": {"pixel_values": "cat0", "image_grid_thw": "cat0"},
                   "video": {"pixel_values_videos": "cat0", "video_grid_thw": "cat0", "video_second_per_grid": "cat0"},
                   "audio": {"input_features": "cat0", "feature_attention_mask": "cat0"}},
