@@ -129,22 +129,82 @@ def user_prompt(value, field: str) -> list[dict]:
 
 # ---- the layouts ----
 
+# The jsonl layout's keys (documented in ``cli.py``'s help and the README); any other key of a row is named in
+# the reason when the row is skipped, since a misspelt media key (``img``, ``image_file``) loses its media.
+JSONL_TEXT_KEYS = ("id", "prompt", "messages", "system", "chosen", "rejected", "completion", "label")
+JSONL_KEPT_KEYS = ("chosen_weights", "rejected_weights", "completion_weights", "answer", "choices")
+MEDIA_ITEM_KEYS = ("path", "bytes", "file", "url")
+
+
+def jsonl_media_keys(modalities) -> list[str]:
+    """The row keys that hold media in the jsonl layout, for these modality names."""
+    return [k for m in modalities for k in (m, m + "s", m + "_path", m + "_paths")] + ["media"]
+
+
+def unknown_jsonl_keys(row: dict, markers: Markers) -> str:
+    """A note naming the keys of a jsonl row that the layout does not read, or ''."""
+    known = set(JSONL_TEXT_KEYS) | set(JSONL_KEPT_KEYS) | set(jsonl_media_keys(set(TOOL_MODALITIES) | set(markers)))
+    unknown = [k for k in row if k not in known]
+    if not unknown:
+        return ""
+    return (f"unknown key(s) {', '.join(repr(k) for k in unknown[:6])}{' ...' if len(unknown) > 6 else ''} "
+            "(media go under images/videos/audios, image/video/audio, <name>_path or media: {NAME: [paths]}; "
+            "see --help)")
+
+
+def _modality_name(key: str, markers: Markers) -> str:
+    """``images``/``image_path``/``image_paths`` -> ``image`` when that is a modality; other keys unchanged."""
+    for suffix in ("_paths", "_path", "s"):
+        if key.endswith(suffix) and key[: -len(suffix)] in set(markers) | set(TOOL_MODALITIES):
+            return key[: -len(suffix)]
+    return key
+
+
+def _media_parts(parts: list, markers: Markers) -> dict:
+    """``media`` as a list of typed items: ``[{"type": "image", "path": "a.jpg"}, {"type": "video", "video":
+    "v.mp4"}, ...]`` -> {modality: [item, ...]} (an item keeps its ``bytes``, else its path)."""
+    out: dict[str, list] = {}
+    for i, part in enumerate(parts):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if not isinstance(kind, str):
+            raise Skip(MALFORMED, f"media[{i}] must be an object with a 'type' (a modality name) and a 'path'")
+        name = _modality_name(kind, markers)
+        value = next((part[k] for k in (name, kind, *MEDIA_ITEM_KEYS) if part.get(k) is not None and k != "type"),
+                     None)
+        if value is None:
+            raise Skip(MISSING_MEDIA, f"media[{i}] ({kind}) has none of {', '.join(('path', 'bytes', name))}")
+        out.setdefault(name, []).append({"bytes": value} if isinstance(value, (bytes, bytearray)) else value)
+    return out
+
+
 def from_jsonl(row: dict, markers: Markers) -> dict:
-    """Our schema with media as paths: prompt|messages, system, chosen/rejected (or completion/label),
-    images/videos/audios lists or image/video/audio single paths, and ``media``: {modality name: path or
-    list of paths} for any modality (an out-of-tree adapter's included)."""
+    """Our schema with media as paths: prompt|messages, system, chosen/rejected (or completion/label), and the
+    media of any modality NAME (a built-in one or an out-of-tree adapter's) as
+    ``NAMEs`` (a list), ``NAME`` / ``NAME_path`` (one path or a list), ``media: {NAME or NAMEs: path or list}``,
+    or ``media: [{"type": NAME, "path": ...}, ...]``; an item is a path, or ``{"path": ...}`` / ``{"bytes": ...}``.
+    ``chosen_weights``/``rejected_weights``/``completion_weights``, ``answer`` and ``choices`` are kept."""
     prompt = row.get("prompt", row.get("messages"))
     messages = turns(prompt, "prompt", markers) if isinstance(prompt, list) else user_prompt(prompt, "prompt")
     out = kto(row["completion"], row.get("label"), markers) if "completion" in row else responses(row, markers)
-    media = media_lists(row, {m: m for m in TOOL_MODALITIES})
+    media: dict[str, list] = {}
+    names = list(dict.fromkeys([*TOOL_MODALITIES, *markers]))
+    for name in names:  # plural list first, then the single item / path keys, in a fixed order
+        for key in (name + "s", name, name + "_path", name + "_paths"):
+            if row.get(key) is not None:
+                media.setdefault(name, []).extend(listed(row[key]))
     extra = row.get("media")
     if extra is not None:
+        if isinstance(extra, list):
+            extra = _media_parts(extra, markers)
         if not isinstance(extra, dict) or not all(isinstance(k, str) for k in extra):
-            raise Skip(MALFORMED, "'media' must be an object {modality name: path or list of paths}")
-        for modality, items in extra.items():
-            media[modality] = media.get(modality, []) + listed(items)
+            raise Skip(MALFORMED, "'media' must be an object {modality name: path or list of paths} or a list of "
+                                  "{\"type\": modality name, \"path\": ...} items")
+        for key, items in extra.items():
+            name = _modality_name(key, markers)
+            media[name] = media.get(name, []) + listed(items)
+    kept = {k: row[k] for k in JSONL_KEPT_KEYS if k in row}
     return {"id": row.get("id"), "messages": with_system(messages, row.get("system")), "media": media,
-            "add_markers": False, **out}
+            "add_markers": False, "kept": kept, **out}
 
 
 def _split_implicit(chosen: list, rejected: list) -> tuple[list, list, list]:

@@ -3,7 +3,7 @@ struct -> (bytes to write, the extension to write them with).
 
 The extension must be one the modality's adapter reads (``adapters.accepted_extensions``). It is decided
 from the bytes where the converter knows the format, else from the file name:
-- known containers (mp4/mov, mkv/webm, avi, wav, flac, mp3, ogg) are recognised by their first bytes,
+- known containers (mp4/mov/m4a, mkv/webm, avi, wav, flac, mp3, ogg/opus) are recognised by their first bytes,
   which refine the extension: the file's own if it is of that container family, else the family's first;
 - images are opened with Pillow to check them (``verify``, at most the image adapter's 64 megapixels) and
   written with the extension of their real format; ``--resize N`` re-encodes larger ones (and formats the
@@ -24,11 +24,14 @@ from .reasons import ESCAPE, MALFORMED, MISSING_MEDIA, TOO_LARGE, UNREADABLE, UN
 
 # Pillow format -> the extensions it is written with (the first one preferred)
 IMAGE_FORMATS = {"JPEG": ("jpg", "jpeg"), "PNG": ("png",), "WEBP": ("webp",), "GIF": ("gif",), "BMP": ("bmp",),
-                 "TIFF": ("tif", "tiff")}
+                 "TIFF": ("tif", "tiff"),
+                 "MPO": ("jpg", "jpeg")}  # a phone camera's JPEG with extra pictures after it: read as its first
 IMAGE_EXTENSIONS = {e for exts in IMAGE_FORMATS.values() for e in exts}
 # container family of each extension; within a family the first extension is the canonical one
-CONTAINERS = {"mp4": "iso", "mov": "iso", "mkv": "ebml", "webm": "ebml", "avi": "avi",
-              "wav": "wav", "flac": "flac", "mp3": "mp3", "ogg": "ogg"}
+CONTAINERS = {"mp4": "iso", "mov": "iso", "m4a": "iso", "mkv": "ebml", "webm": "ebml", "avi": "avi",
+              "wav": "wav", "flac": "flac", "mp3": "mp3", "ogg": "ogg", "opus": "ogg"}
+FAMILY_NAMES = {"iso": "an MP4/QuickTime file", "ebml": "a Matroska/WebM file", "avi": "an AVI file",
+                "wav": "a WAV file", "flac": "a FLAC file", "mp3": "an MP3 file", "ogg": "an Ogg file"}
 
 
 def sniff(data: bytes) -> str | None:
@@ -114,6 +117,10 @@ class Media:
             return data, hint_ext  # a format the converter does not know: its adapter's decode checks it
         if IMAGE_EXTENSIONS.intersection(accepted):
             return self.image(data, modality, accepted)
+        family = sniff(data)
+        if family:  # a container this modality's adapter does not take as its own (audio-only WebM, say)
+            raise Skip(UNSUPPORTED, f"{hint or 'bytes'}: {FAMILY_NAMES[family]}, which the {modality} adapter does "
+                                    f"not read as its own (it reads {'/'.join(accepted)}; re-encode it to one)")
         raise Skip(UNREADABLE, f"not a {modality} file we know ({'/'.join(accepted)}): {hint or 'bytes'}")
 
     def image(self, data: bytes, modality: str = "image", accepted: tuple[str, ...] = ("jpg", "png", "webp")

@@ -13,7 +13,7 @@ from anyalign.data.schema import parse_record
 from modalities.base import BadSample
 
 from .adapters import accepted_extensions, markers, resolve
-from .formats import FORMATS
+from .formats import FORMATS, unknown_jsonl_keys
 from .media import Media
 from .reasons import BROKEN_JSON, DUPLICATE, MALFORMED, MARKER_IN_RESPONSE, MISMATCH, MISSING_PROMPT, NON_UTF8, \
     UNSUPPORTED, Skip
@@ -80,6 +80,7 @@ def build(cand: dict, key: str, media: Media, markers: Mapping[str, str]) -> tup
     record.update({a: cand[a] for a in answers})
     if "label" in cand:
         record["label"] = cand["label"]
+    record.update(cand.get("kept") or {})  # weighted spans, answer, choices: checked by parse_record in _encode
     sample = {"__key__": key, "json": _encode(record)}
     for modality, srcs in items.items():
         for i, src in enumerate(srcs):
@@ -96,7 +97,7 @@ def build(cand: dict, key: str, media: Media, markers: Mapping[str, str]) -> tup
 class Summary:
     def __init__(self, fmt: str, source: str):
         self.fmt, self.source, self.start = fmt, source, time.perf_counter()
-        self.written, self.markers_added, self.shards, self.reasons = 0, 0, [], {}
+        self.written, self.markers_added, self.shards, self.reasons, self.warnings = 0, 0, [], {}, []
 
     def skip(self, reason: str, where: str, key: str | None, detail: str) -> None:
         entry = self.reasons.setdefault(reason, {"count": 0, "examples": []})
@@ -108,7 +109,8 @@ class Summary:
         seconds = time.perf_counter() - self.start
         return {"format": self.fmt, "source": self.source, "written": self.written,
                 "skipped": sum(r["count"] for r in self.reasons.values()), "skipped_by_reason": self.reasons,
-                "markers_added": self.markers_added, "shards": self.shards, "seconds": round(seconds, 3)}
+                "markers_added": self.markers_added, "shards": self.shards, "warnings": self.warnings,
+                "seconds": round(seconds, 3)}
 
 
 def report(s: dict) -> str:
@@ -120,20 +122,54 @@ def report(s: dict) -> str:
         lines.append(f"  skipped {entry['count']} x {reason}   e.g. {ex}")
     if s["markers_added"]:
         lines.append(f"  note: {s['markers_added']} prompt(s) had media but no marker; markers were prepended")
+    lines += [f"  warning: {w}" for w in s.get("warnings", [])]
     return "\n".join(lines)
+
+
+#: fewer shards than this makes convert warn
+MIN_SHARDS = 2
+
+
+class RoundRobinWriter:
+    """``shards`` tar files named by ``out_pattern``, each opened with its first sample; sample ``i`` goes to
+    shard ``i % shards``, so every shard gets its share of samples wherever they are in the source."""
+
+    def __init__(self, out_pattern: str, shards: int, post, mtime: int):
+        import webdataset as wds
+
+        self.pattern, self.count, self.post, self.mtime, self.wds = out_pattern, shards, post, mtime, wds
+        self.writers: dict[int, object] = {}
+        self.n = 0
+
+    def write(self, sample: dict) -> None:
+        k = self.n % self.count
+        if k not in self.writers:
+            self.writers[k] = self.wds.TarWriter(self.pattern % k, encoder=False, mtime=self.mtime)
+        self.writers[k].write(sample)
+        self.n += 1
+
+    def close(self) -> None:
+        for k in sorted(self.writers):
+            self.writers[k].close()
+            self.post(self.pattern % k)
 
 
 def convert(fmt: str, source: str, out_pattern: str, media_root: str | None = None, maxcount: int = 10000,
             maxsize: int = 1_000_000_000, resize: int | None = None, log=print,
-            adapters: Mapping[str, str | type] | None = None) -> dict:
+            adapters: Mapping[str, str | type] | None = None, shards: int | None = None) -> dict:
     """Convert SOURCE in layout ``fmt`` into shards named by ``out_pattern`` (``%d``-style); -> the summary.
 
     ``adapters``: modality name -> adapter class (or its ``pkg.module.Class`` path), added to the built-in and
-    installed ones; their placeholders are the markers and their extensions the media allowed."""
+    installed ones; their placeholders are the markers and their extensions the media allowed.
+    ``shards``: write exactly this many shards (fewer only if there are fewer samples), dealing the samples
+    round-robin; ``maxcount`` and ``maxsize`` are then not used. Fewer than two shards written is warned about:
+    the data loader gives each worker of each rank whole shards."""
     import webdataset as wds
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
+    if shards is not None and shards < 1:
+        raise ValueError(f"--shards must be at least 1, got {shards}")
     try:
         if out_pattern % 0 == out_pattern % 1:
             raise TypeError
@@ -157,16 +193,21 @@ def convert(fmt: str, source: str, out_pattern: str, media_root: str | None = No
                     raise Skip(DUPLICATE, f"key {key} was already written")
                 sample, added = build(cand, key, media, marks)
             except Skip as s:
-                summary.skip(s.reason, where, key, s.detail)
+                detail = s.detail
+                if fmt == "jsonl" and isinstance(row, dict):  # a misspelt media key loses the row's media
+                    note = unknown_jsonl_keys(row, marks)
+                    detail = f"{detail}; {note}" if detail and note else detail or note
+                summary.skip(s.reason, where, key, detail)
                 continue
             except Exception as e:  # a bad record never stops the run
                 summary.skip("unexpected error", where, key, f"{type(e).__name__}: {str(e)[:200]}")
                 continue
             if writer is None:  # opened on the first good sample; errors writing the output do stop the run
                 os.makedirs(os.path.dirname(os.path.abspath(out_pattern % 0)), exist_ok=True)
-                writer = wds.ShardWriter(out_pattern, maxcount=maxcount, maxsize=maxsize, verbose=0,
-                                         post=summary.shards.append, encoder=False,
-                                         mtime=int(time.time()))  # a float mtime costs a pax header per member
+                mtime = int(time.time())  # a float mtime costs a pax header per member
+                writer = (RoundRobinWriter(out_pattern, shards, summary.shards.append, mtime) if shards else
+                          wds.ShardWriter(out_pattern, maxcount=maxcount, maxsize=maxsize, verbose=0,
+                                          post=summary.shards.append, encoder=False, mtime=mtime))
             writer.write(sample)
             keys.add(key)
             summary.written += 1
@@ -174,6 +215,11 @@ def convert(fmt: str, source: str, out_pattern: str, media_root: str | None = No
     finally:
         if writer is not None:
             writer.close()
+    if summary.written and len(summary.shards) < MIN_SHARDS:
+        summary.warnings.append(
+            f"{summary.written} sample(s) went into {len(summary.shards)} shard: data workers x ranks need at least "
+            "that many shards to all be busy (a worker reads whole shards); pass --shards N, N = "
+            "data.num_workers x GPUs or a multiple of it")
     result = summary.as_dict()
     if log:
         log(report(result))
