@@ -30,6 +30,7 @@ class ImageAdapter(ModalityAdapter):
         freeze_encoder: bool = True,
         freeze_projector: bool = False,
         trust_remote_code: bool = False,
+        feature_layer: int | None = None,
     ):
         """
         Args:
@@ -39,9 +40,12 @@ class ImageAdapter(ModalityAdapter):
             freeze_encoder: keep the vision encoder's weights fixed.
             freeze_projector: keep the projector's weights fixed.
             trust_remote_code: allow custom code from the encoder's repository (off unless you set it).
+            feature_layer: None (default) takes the encoder's output, final layer norm included; an index takes
+                that layer's hidden states instead (``-2``: LLaVA-1.5's choice). With an index, ``spatial_pool: 1``
+                and ``projector_depth: 2`` the model is exactly a LLaVA, and the export also writes it as one.
         """
         super().__init__()
-        self.tower = VisionTower(encoder, spatial_pool, trust_remote_code)
+        self.tower = VisionTower(encoder, spatial_pool, trust_remote_code, feature_layer)
         self.projector_depth = projector_depth
         self.freeze_encoder, self.freeze_projector = freeze_encoder, freeze_projector
         freeze(self.tower, freeze_encoder)

@@ -132,8 +132,10 @@ def to_pixels(frames: np.ndarray, mean: list[float], std: list[float]) -> torch.
 class VisionTower(nn.Module):
     """Encoder + optional spatial pooling; output ``[n, tokens, encoder_hidden]``."""
 
-    def __init__(self, encoder: str, spatial_pool: int = 1, trust_remote_code: bool = False):
+    def __init__(self, encoder: str, spatial_pool: int = 1, trust_remote_code: bool = False,
+                 feature_layer: int | None = None):
         super().__init__()
+        self.feature_layer = feature_layer
         self.encoder = load_vision_encoder(encoder, trust_remote_code)
         self.image_size, self.mean, self.std = vision_preprocessing(encoder, self.encoder.config)
         self.hidden_size = self.encoder.config.hidden_size
@@ -157,7 +159,11 @@ class VisionTower(nn.Module):
         return str(directory)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        h = self.encoder(pixel_values=pixels).last_hidden_state[:, self.skip_cls:]
+        if self.feature_layer is None:  # the encoder's output, final layer norm included
+            h = self.encoder(pixel_values=pixels).last_hidden_state
+        else:  # one layer's hidden states, before any final norm (what LLaVA reads)
+            h = self.encoder(pixel_values=pixels, output_hidden_states=True).hidden_states[self.feature_layer]
+        h = h[:, self.skip_cls:]
         if self.spatial_pool > 1:
             n, _, d = h.shape
             h = h.transpose(1, 2).reshape(n, d, self.grid, self.grid)
