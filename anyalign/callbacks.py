@@ -1,11 +1,15 @@
-"""Callbacks the module installs itself: the end-of-run report, the export and the training curves."""
+"""Callbacks the module installs itself (the end-of-run report, the export and the training curves) and those the
+command line adds to ``fit`` (``AlignCLI``): one run directory on every rank, the held-out pass after the last step
+and a progress bar in optimizer steps."""
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -30,14 +34,38 @@ class ReportCallback(L.Callback):
                  f"{trainer.global_step} optimizer steps"]
         hist = pl_module.val_history
         if hist:
-            first, last = hist[0], hist[-1]
-            lines.append(f"[anyalign] held-out reward accuracy: {last['accuracy']:.3f} on {last['pairs']} pairs "
-                         f"(step {last['step']}; {first['accuracy']:.3f} at step {first['step']}"
-                         f"{', where ' + str(first['ties']) + ' pairs tie: policy = reference' if first['ties'] else ''})")
+            lines += held_out_summary(hist, unpaired=bool(getattr(trainer.datamodule, "unpaired", False)))
         lines.append(f"[anyalign] bad samples skipped: {len(pl_module.skipped)}")
         for url, key, reason in pl_module.skipped[:50]:
             lines.append(f"    {url} :: {key}: {reason}")
         print("\n".join(lines))
+
+
+def held_out_summary(history: list[dict], unpaired: bool = False) -> list[str]:
+    """The end-of-fit lines about the held-out passes (``AlignModule.val_history``: one ``HeldOut.summary`` per pass):
+    the last pass's accuracy, its ties apart (a tie is never counted as right), and the first pass's for comparison.
+
+    Paired data: a pair is right when the chosen response's reward beats the rejected one's. Unpaired data (KTO):
+    each sample alone is right when the sign of its implicit reward log pi/pi_ref matches its label (> 0 for a
+    desirable completion, < 0 for an undesirable one); no two responses are compared, so the count is of samples."""
+    first, last = history[0], history[-1]
+    unit = "samples" if unpaired else "pairs"
+    what = "held-out reward accuracy" + (" (per sample, unpaired)" if unpaired else "")
+
+    def ties(s):
+        return f"{s['ties']} of them tie" if s["ties"] else "no ties"
+    line = (f"[anyalign] {what}: {last['accuracy']:.3f} on {last['pairs']} {unit} at step {last['step']} "
+            f"({ties(last)}; a tie is counted as not right)")
+    if first is not last:
+        line += f"; {first['accuracy']:.3f} at step {first['step']}"
+        if first["ties"]:
+            line += (f", where {first['ties']} {unit} tie" +
+                     (": policy = reference" if first["step"] == 0 and first["ties"] == first["pairs"] else ""))
+    lines = [line]
+    if unpaired:
+        lines.append("[anyalign]   a sample is right when its implicit reward log pi/pi_ref is > 0 for a desirable "
+                     "completion and < 0 for an undesirable one")
+    return lines
 
 
 class ExportCallback(L.Callback):
@@ -79,3 +107,145 @@ class CurvesCallback(L.Callback):
                   f"trainer.log_every_n_steps={trainer.log_every_n_steps})")
             return
         print(f"[anyalign] training curves: {out}")
+
+
+class ValidateAtEndCallback(L.Callback):
+    """Runs the held-out pass after the last training step (``trainer.max_steps``) when the ``val_check_interval``
+    schedule would not, so the end-of-fit summary and the curves have an after-training number: a run shorter than
+    ``val_check_interval`` would otherwise end with the step-0 pass only. Lightning validates at a requested stop
+    (``trainer.should_stop``, as early stopping does); on a step the schedule validates anyway, it is the same pass,
+    not a second one. Every rank decides alike (from its step count), so no rank waits on another."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step and trainer.enable_validation:
+            trainer.should_stop = True
+
+
+class RunDirCallback(L.Callback):
+    """Keeps every rank on rank 0's run directory ``<root>/lightning_logs/version_N`` and, after fit starts, points
+    ``<root>/checkpoints`` (a symbolic link) at that run's ``checkpoints/``.
+
+    AlignCLI picks N before the trainer exists, on each rank; ranks started by Lightning see the same files, but
+    ranks started by a cluster (SLURM, torchrun) might not. One broadcast in ``setup``, which every rank calls,
+    settles it, as Lightning's ModelCheckpoint does for its folder."""
+
+    def __init__(self, root: str, version: int, loggers: list, link: bool = True):
+        self.root, self.version, self.loggers, self.link = root, version, loggers, link
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        from .checkpoint import run_dir
+        version = trainer.strategy.broadcast(self.version)
+        if version != self.version:
+            self.version = version
+            for logger in self.loggers:
+                logger._version = version
+            for cb in trainer.checkpoint_callbacks:
+                if getattr(cb, "_anyalign_run_dir", False):
+                    cb.dirpath = os.path.realpath(run_dir(self.root, version) / "checkpoints")
+        if stage == "fit" and self.link and trainer.is_global_zero:
+            link_latest(self.root, self.version)
+
+
+def link_latest(root: str, version: int) -> None:
+    """``<root>/checkpoints`` -> ``lightning_logs/version_N/checkpoints`` (relative, so the folder can move). A real
+    ``checkpoints/`` folder there (older runs, ``--trainer.logger false``) is left alone; so is a file system
+    without symbolic links."""
+    from .checkpoint import RUNS
+    link = Path(root) / "checkpoints"
+    target = Path(RUNS) / f"version_{version}" / "checkpoints"
+    if link.exists() and not link.is_symlink():
+        return
+    try:
+        (Path(root) / target).mkdir(parents=True, exist_ok=True)
+        tmp = link.with_name(f".checkpoints.{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(target, target_is_directory=True)
+        os.replace(tmp, link)
+    except (OSError, NotImplementedError):
+        pass
+
+
+class StepProgressBar(TQDMProgressBar):
+    """One training bar for the whole run, counting optimizer steps of ``trainer.max_steps`` (Lightning's counts the
+    batches of an epoch, unknown on a stream, and with ``max_epochs: -1`` prints ``Epoch 6/-2``). The epoch and,
+    once known, its batch count go in the description; the postfix shows a few headline metrics, not every logged
+    one. Validation bars show the batch count of the previous held-out pass (the stream has no length)."""
+
+    SHOWN = {"train/loss": "loss", "rewards/accuracies": "acc", "rewards/margins": "margin", "val/loss": "val_loss",
+             "val/rewards/accuracies": "val_acc", "val/media_reliance": "val_reliance"}
+
+    def __init__(self, refresh_rate: int = 1, process_position: int = 0):
+        super().__init__(refresh_rate, process_position)
+        self.epoch_batches: int | None = None  # batches in a full epoch, once one has been seen (or the loader says)
+        self.val_batches: int | None = None    # batches in the last complete held-out pass
+        self._batch = 0
+
+    @staticmethod
+    def _steps(trainer) -> int | None:
+        return trainer.max_steps if trainer.max_steps is not None and trainer.max_steps > 0 else None
+
+    def _describe(self, trainer) -> str:
+        known = self.epoch_batches or (None if self.total_train_batches == float("inf") else self.total_train_batches)
+        return f"Epoch {trainer.current_epoch}, batch {self._batch}" + (f"/{known}" if known else "") + "; steps"
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        metrics = super().get_metrics(trainer, pl_module)
+        return {short: metrics[key] for key, short in self.SHOWN.items() if key in metrics}
+
+    def init_train_tqdm(self):
+        bar = super().init_train_tqdm()
+        bar.unit = "step"
+        return bar
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        steps = self._steps(trainer)
+        if steps:
+            self.train_progress_bar.reset(total=steps)
+            self.train_progress_bar.initial = trainer.global_step  # resumed: the rate counts this run's steps
+            self.train_progress_bar.n = trainer.global_step
+            self.train_progress_bar.refresh()
+
+    def on_train_epoch_start(self, trainer, *args) -> None:
+        self._batch = 0
+        if not self._steps(trainer):
+            return super().on_train_epoch_start(trainer, *args)
+        self.train_progress_bar.set_description(self._describe(trainer))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        steps = self._steps(trainer)
+        if not steps:
+            return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        self._batch = batch_idx + 1
+        n = trainer.global_step
+        if self._should_update(n, steps) or self._batch == 1:
+            self.train_progress_bar.set_description(self._describe(trainer), refresh=False)
+            self.train_progress_bar.n = n
+            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        steps = self._steps(trainer)
+        if steps and trainer.global_step < steps and not trainer.should_stop and self._batch:
+            self.epoch_batches = self._batch  # a full epoch: now the stream's length is known
+        if not steps:
+            return super().on_train_epoch_end(trainer, pl_module)
+        self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx: int = 0) -> None:
+        super().on_validation_batch_start(trainer, pl_module, batch, batch_idx, dataloader_idx)
+        if batch_idx == 0 and self.val_progress_bar.total is None and self.val_batches:
+            self.val_progress_bar.total = self.val_batches
+        if batch_idx == 0:
+            self.val_progress_bar.set_description("Validation" if not trainer.sanity_checking else
+                                                  "Held-out pass before training")
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx: int = 0) -> None:
+        super().on_validation_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
+        self._val_seen = batch_idx + 1
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if getattr(self, "_val_seen", 0) and (trainer.sanity_checking and trainer.num_sanity_val_steps == float("inf")
+                                              or not trainer.sanity_checking):
+            self.val_batches = self._val_seen
+        self._val_seen = 0
+        super().on_validation_end(trainer, pl_module)

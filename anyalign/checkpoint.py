@@ -84,6 +84,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         return _decode(json.loads(meta["skeleton"]), f)
 
 
+def checkpoint_step(path: str | Path) -> int | None:
+    """The optimizer step a checkpoint was saved at, read from its header only (no tensor is loaded)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            skeleton = json.loads((f.metadata() or {}).get("skeleton", "null"))
+    except Exception:
+        return None
+    items = skeleton.get("__dict__", []) if isinstance(skeleton, dict) else []
+    step = next((v for k, v in items if k == "global_step"), None)
+    return step if isinstance(step, int) else None
+
+
 class SafetensorsCheckpointIO(CheckpointIO):
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         save_checkpoint(checkpoint, path)
@@ -95,14 +107,56 @@ class SafetensorsCheckpointIO(CheckpointIO):
         Path(path).unlink(missing_ok=True)
 
 
+RUNS = "lightning_logs"  # <default_root_dir>/lightning_logs/version_N/: one run (logs, checkpoints/, curves, export)
+
+
+def run_dir(root: str | Path, version: int) -> Path:
+    """Run ``version`` of a config whose ``trainer.default_root_dir`` is ``root``."""
+    return Path(root) / RUNS / f"version_{version}"
+
+
+def next_version(root: str | Path) -> int:
+    """The number a new run of ``root`` takes: one past the highest ``version_N`` (as Lightning's loggers count)."""
+    runs = Path(root) / RUNS
+    numbers = [int(d.name[8:]) for d in runs.glob("version_*") if d.is_dir() and d.name[8:].isdigit()]
+    return max(numbers, default=-1) + 1
+
+
+def last_checkpoints(root: str | Path) -> list[Path]:
+    """Every ``last*.ckpt`` of ``root``'s runs, oldest first (by modification time, then run number): each run's
+    ``checkpoints/`` and ``root/checkpoints/`` (runs with ``--trainer.logger false``, older layouts; a link to the
+    latest run's folder is counted once)."""
+    root = Path(root)
+    found = {}
+    for folder in [*(root / RUNS).glob("version_*/checkpoints"), root / "checkpoints"]:
+        for p in folder.glob("last*.ckpt"):
+            found.setdefault(p.resolve(), p)
+    def order(p: Path):
+        version = run_version(p, root)
+        return p.stat().st_mtime, -1 if version is None else version
+    return sorted(found.values(), key=order)
+
+
+def run_version(checkpoint: str | Path, root: str | Path) -> int | None:
+    """N if ``checkpoint`` lies in ``root``'s run ``version_N/checkpoints/`` (links followed), else None."""
+    folder = Path(checkpoint).resolve().parent
+    runs = (Path(root) / RUNS).resolve()
+    if folder.name == "checkpoints" and folder.parent.parent == runs and folder.parent.name.startswith("version_"):
+        number = folder.parent.name[8:]
+        return int(number) if number.isdigit() else None
+    return None
+
+
 def resolve_checkpoint(spec: str, run_dir: str | Path) -> Path:
-    """A checkpoint path, or ``last``: the newest ``last*.ckpt`` in ``run_dir/checkpoints`` (a second run of a
-    config writes ``last-v1.ckpt`` beside ``last.ckpt``; Lightning's ``--ckpt_path last`` also takes the newest)."""
+    """A checkpoint path, or ``last``: the newest ``last*.ckpt`` of any run of the config whose
+    ``trainer.default_root_dir`` is ``run_dir`` (each run keeps its own ``lightning_logs/version_N/checkpoints/``;
+    ``run_dir/checkpoints/`` is looked at too)."""
     if spec != "last":
         return Path(spec)
-    found = sorted((Path(run_dir) / "checkpoints").glob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
+    found = last_checkpoints(run_dir)
     if not found:
-        raise FileNotFoundError(f"no last*.ckpt in {Path(run_dir) / 'checkpoints'}: has this config been trained?")
+        raise FileNotFoundError(f"no last*.ckpt in {Path(run_dir) / RUNS}/version_*/checkpoints or "
+                                f"{Path(run_dir) / 'checkpoints'}: has this config been trained?")
     return found[-1]
 
 
