@@ -58,7 +58,7 @@ def test_negatives_corrupt_the_raw_media_and_keep_the_token_count(tiny_family):
     batch = batches(model, "image", "shared", 2, negatives=spec)[0]
     clean = batch["index"]["chosen"]
     corrupt = batch["index"]["chosen_corrupt"]
-    assert (corrupt >= 0).all()
+    assert (corrupt >= 0).all() and not set(corrupt.tolist()) & set(clean.tolist())
     pv = batch["media"]["image"]["pixel_values"]
     grid = batch["media"]["image"]["image_grid_thw"]
     per_image = grid.prod(-1).tolist()

@@ -22,7 +22,7 @@ from modalities.corruptions import AUDIO_OPS, MULTI_IMAGE_OPS, VIDEO_OPS
 from modalities.video import read_frames
 from modalities.vision import decode_image
 
-from .table import Family, merge
+from .spec import Family, merge
 
 
 class ProcessedItems(list):
@@ -73,7 +73,7 @@ class FamilyMedia(ModalityAdapter):
         self.options = options
         self.processor, self.family, self.placeholder_id = None, None, -1
 
-    def attach(self, processor, family: Family, placeholder_id: int) -> "FamilyMedia":
+    def attach(self, processor, family: Family, placeholder_id: int) -> FamilyMedia:
         """The family's processor and placeholder id (kept out of ``init_args``, which fingerprints record)."""
         self.processor, self.family, self.placeholder_id = processor, family, placeholder_id
         return self

@@ -25,8 +25,8 @@ from torch import nn
 
 from ..logprobs import SeqLogps, _allowed, attention_block_mask, gather_logps
 from ..model import StepCache
-from .media import MEDIA_CLASSES, FamilyMedia
-from .table import Family, _token_id
+from .media import MEDIA_CLASSES
+from .spec import Family, _token_id
 from .template import FamilyTokenizer
 
 log = logging.getLogger("anyalign")

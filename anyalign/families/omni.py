@@ -24,7 +24,7 @@ import torch
 
 from modalities import BadSample
 
-from .table import sampling_rate
+from .spec import sampling_rate
 from .template import FamilyTokenizer
 
 
