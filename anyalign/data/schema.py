@@ -220,10 +220,14 @@ def _known_adapters() -> dict:
     container extensions}, "all": every extension any of them reads}``. Built once per process."""
     global _KNOWN
     if _KNOWN is None:
-        from modalities.registry import load_entry_points
+        from modalities.registry import ADAPTERS, load_entry_points
 
+        try:
+            classes = list(load_entry_points().values())
+        except Exception:  # a broken installed entry point: the built-in adapters only (the run reports it)
+            classes = list(ADAPTERS.values())
         placeholders, reads, every = {}, {}, set()
-        for cls in load_entry_points().values():
+        for cls in classes:
             own = tuple(e.lower() for e in cls.extensions)
             containers = tuple(e.lower() for e in cls.container_extensions)
             every.update(own + containers)
