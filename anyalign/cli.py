@@ -53,6 +53,7 @@ PROG = "python -m anyalign"
 NOT_THE_USERS = [
     r".*`isinstance\(treespec, LeafSpec\)` is deprecated",           # torch 2.14 vs Lightning's copy of pytree
     r"Found \d+ module\(s\) in eval mode at the start of training",   # frozen encoders stay in eval mode on purpose
+    r"`is_gradient_checkpointing` is deprecated",                      # peft asking transformers 5 (LoRA)
 ]
 #: log records (by text) from Lightning and transformers, likewise
 LOG_NOISE = (
@@ -107,11 +108,13 @@ def option_keys(parser) -> list[str]:
 
 
 def suggest(bad: str, keys: list[str], n: int = 3) -> list[str]:
-    """The valid keys closest to ``bad`` (difflib), those of the same group first."""
+    """The valid keys closest to ``bad`` (difflib's ratio at least 0.75, and within 0.15 of the closest), those of
+    the same group (``model.``, ``data.``, ...) first."""
     group = bad.rpartition(".")[0]
-    same = [k for k in keys if k.rpartition(".")[0] == group]
-    close = difflib.get_close_matches(bad, same, n=n, cutoff=0.6) if same else []
-    return list(dict.fromkeys(close + difflib.get_close_matches(bad, keys, n=n, cutoff=0.6)))[:n]
+    ranked = sorted(((difflib.SequenceMatcher(None, bad, k).ratio(), k.rpartition(".")[0] == group, k) for k in keys),
+                    key=lambda t: (-t[1], -t[0]))
+    best = max((r for r, _, _ in ranked), default=0.0)
+    return [k for r, _, k in ranked if r >= 0.75 and r >= best - 0.15][:n]
 
 
 def _class_keys(class_path: str) -> list[str]:
@@ -330,6 +333,13 @@ MAIN_KEYS = ("--model.lm, --model.adapters, --model.losses, --model.negatives, -
              "--trainer.default_root_dir")
 
 
+GROUP_TITLES = {
+    "model": "Model (--model.*): the LM, modality adapters, loss terms, negatives, reference model, LoRA, optimizer",
+    "data": "Data (--data.*): preference shards, batches, sequence length, layout",
+    "trainer": "Trainer (--trainer.*): Lightning's Trainer: steps, validation, devices, precision, logging",
+}
+
+
 class AlignCLI(LightningCLI):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("parser_class", AlignArgumentParser)
@@ -341,6 +351,9 @@ class AlignCLI(LightningCLI):
         parser.add_lightning_class_args(self._datamodule_class, "data", subclass_mode=self.subclass_mode_data)
         parser.add_lightning_class_args(self.trainer_class, "trainer")
         parser.set_defaults({"trainer." + k: v for k, v in self.trainer_defaults.items() if k != "callbacks"})
+        for key, title in GROUP_TITLES.items():
+            if key in parser.groups:
+                parser.groups[key].title = title
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs) -> LightningArgumentParser:
         kwargs.setdefault("usage", f"{PROG} {subcommand} [--config CONFIG] [--model.KEY VALUE] [--data.KEY VALUE] "
