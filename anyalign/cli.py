@@ -54,6 +54,7 @@ NOT_THE_USERS = [
     r".*`isinstance\(treespec, LeafSpec\)` is deprecated",           # torch 2.14 vs Lightning's copy of pytree
     r"Found \d+ module\(s\) in eval mode at the start of training",   # frozen encoders stay in eval mode on purpose
     r"`is_gradient_checkpointing` is deprecated",                      # peft asking transformers 5 (LoRA)
+    r"`gradient_checkpointing_enable` is deprecated",                  # model.gradient_checkpointing (transformers 5)
 ]
 #: log records (by text) from Lightning and transformers, likewise
 LOG_NOISE = (

@@ -207,6 +207,11 @@ def test_ddp_disjoint_shards_equal_batches_identical_weights(tmp_path):
     assert len(exports) == 1, proc.stdout[-2000:]
     from anyalign.export import load_aligned
     load_aligned(exports[0].parent)
+    # both ranks took one run directory: its logs, its checkpoint and its export, and no second version_N
+    run = tmp_path / "run" / "lightning_logs" / "version_0"
+    assert [p.name for p in (tmp_path / "run" / "lightning_logs").iterdir()] == ["version_0"]
+    assert exports[0].parent == run / "export" and (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "config.yaml").is_file() and (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
     assert all(r["world"] == 2 and r["strategy"] == "DDPStrategy" for r in ranks)
     assert all(r["cluster"] == "LightningEnvironment" for r in ranks)  # rank 1 started by Lightning
     assert [len(r["train"]) for r in ranks] == [4, 4]
