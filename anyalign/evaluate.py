@@ -7,7 +7,7 @@
 The config builds the run as ``fit`` does (same seed: the same initial policy, which is the reference; the data
 settings; the negatives). Each of ``--models`` is ``initial`` (the config's initial policy), an export directory
 (``load_aligned``: its policy replaces the module's, the reference stays the config's initial model), or a
-training checkpoint (a path, or ``last``: the newest ``last*.ckpt`` of the config's run), loaded into the module.
+training checkpoint (a path, or ``last``: the newest ``last*.ckpt`` of the config's runs), loaded into the module.
 ``--shards`` defaults to ``data.val_shards``. Per model:
 
 1. preference accuracy, ties (apart, never half right), mean reward margin and loss: ``validate``'s own numbers

@@ -5,7 +5,8 @@
     python -m anyalign predict --config configs/video_dpo.yaml --ckpt_path last --input prompts.jsonl
 
 The model is an export (``--model``, as ``fit`` writes it) or the one a config builds (``--config``: its
-initial weights, or a training checkpoint's with ``--ckpt_path PATH|last``). Inputs are shards (paths or
+initial weights, or a training checkpoint's with ``--ckpt_path PATH|last``; ``last`` is the newest ``last*.ckpt`` of
+the config's runs, each in its own ``lightning_logs/version_N/checkpoints/``). Inputs are shards (paths or
 brace patterns: each sample's prompt and media, read by the adapters as training reads them) or JSONL files
 of ``{"key": ..., "prompt": str | messages, "system"?: str, "media": {"video": ["clip.mp4"], ...}}`` with
 media paths relative to the JSONL file. A sample that cannot be read is skipped with its reason. Output
@@ -71,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="an exported model directory (what fit writes)")
     src.add_argument("--config", help="a training config: the model it builds")
-    p.add_argument("--ckpt_path", help="with --config: a training checkpoint, or 'last' (the config's run)")
+    p.add_argument("--ckpt_path", help="with --config: a training checkpoint, or 'last' (the newest last*.ckpt of the "
+                                        "config's runs, trainer.default_root_dir/lightning_logs/version_*/checkpoints)")
     p.add_argument("--input", nargs="+", required=True, help="shards (paths, brace patterns) and/or .jsonl files")
     p.add_argument("--output", default="-", help="JSONL to write (default: standard output)")
     p.add_argument("--max-new-tokens", type=int, default=64)
