@@ -226,12 +226,14 @@ def _truncation(info: dict | None) -> str:
 
 
 def read_frames(data: bytes, num_frames: int, size: int | None = None, fps: float | None = None, *,
-                upscale: bool = True, keyframes: bool = False) -> np.ndarray:
+                upscale: bool = True, keyframes: bool = False, with_rate: bool = False):
     """Decode the sampled frames of a clip from its bytes, scaled to about ``size`` square while decoding:
     uint8 ``[frames, H, W, 3]``. Frames are sampled by time (``sample_by_time``). ``upscale=False``: a clip
     no larger than the decode size (known from an mp4/mov header) is decoded at its own size, and the caller
     resizes the few kept frames; FFmpeg would otherwise scale up every frame it decodes, kept or not.
-    ``keyframes``: see ``sample_by_time``."""
+    ``keyframes``: see ``sample_by_time``. ``with_rate``: return ``(frames, rate)``, the sampled frames per second
+    of clip time (``fps`` when set, else the frames over the clip's duration), which a processor that places
+    frames in time needs (Qwen2-VL's temporal positions)."""
     import decord
 
     info = mp4_video_track(data)
@@ -252,10 +254,14 @@ def read_frames(data: bytes, num_frames: int, size: int | None = None, fps: floa
         raise BadSample("video has 0 frames")
     idx = _sample(vr, n, num_frames, fps, keyframes)
     try:
-        return vr.get_batch(idx.tolist()).asnumpy()
+        frames = vr.get_batch(idx.tolist()).asnumpy()
     except Exception as e:
         extra = f"; {cut}" if cut else ""
         raise BadSample(f"cannot decode video frames: {video_error(e)}{extra}") from None
+    if not with_rate:
+        return frames
+    duration = n / (vr.get_avg_fps() or 1.0)
+    return frames, float(fps) if fps else len(idx) / duration
 
 
 def _sample(vr, n: int, num_frames: int, fps: float | None, keyframes: bool) -> np.ndarray:

@@ -183,3 +183,22 @@ def test_a_full_omni_checkpoint_loads_as_its_thinker(tiny_family, tmp_path):
     batch = batches(a, "audio_visual", "shared", 1)[0]
     with torch.no_grad():
         torch.testing.assert_close(a(batch).logps, b(batch).logps, atol=0, rtol=0)
+
+
+def test_video_frames_are_placed_in_time(tiny_family):
+    """Qwen2.5-VL's temporal positions count seconds: its processor is told each clip's sampled frame rate, so
+    ``second_per_grid_ts`` is 2 frames / rate (not the 24 fps it assumes for frames without metadata), also for the
+    corrupted copy of a clip."""
+    import io
+
+    import decord
+    model = policy(tiny_family, "qwen2_5_vl", media={"video": {"num_frames": 8}})
+    batch = batches(model, "video", "shared", 1, negatives={"video": [("reverse", 1.0, {})]})[0]
+    from anyalign.data.pipeline import read_shards
+    raw = next(read_shards(iter([str(ROOT / "assets/data/video/val-000.tar")])))
+    vr = decord.VideoReader(io.BytesIO(raw["mp4"]))
+    rate = 8 / (len(vr) / vr.get_avg_fps())
+    seconds = batch["media"]["video"]["second_per_grid_ts"]
+    assert seconds.shape == (2,)  # the clip and its reversed copy
+    torch.testing.assert_close(seconds, torch.full((2,), 2 / rate))
+    assert abs(2 / rate - 1 / 24) > 0.1  # what it would be without the rate

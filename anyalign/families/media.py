@@ -19,7 +19,9 @@ import torch.nn.functional as F
 from modalities import BadSample, ModalityAdapter
 from modalities.audio_decode import read_audio
 from modalities.corruptions import AUDIO_OPS, MULTI_IMAGE_OPS, VIDEO_OPS
-from modalities.video import read_frames
+from modalities.audio import AudioAdapter
+from modalities.image import ImageAdapter
+from modalities.video import VideoAdapter, read_frames
 from modalities.vision import decode_image
 
 from .spec import Family, merge
@@ -89,8 +91,13 @@ class FamilyMedia(ModalityAdapter):
             text = self.processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False)
         key = self.family.processor_keys[self.modality]
         kwargs = self.family.call_kwargs(self.processor, {self.modality}) if self.family.call_kwargs else {}
+        kwargs.update(self.call_kwargs(items))
         out = self.processor(text=[text], **{key: [self.to_processor(x) for x in items]}, return_tensors="pt", **kwargs)
         return out
+
+    def call_kwargs(self, items: list[torch.Tensor]) -> dict:
+        """Processor arguments these items need beyond themselves (a video's frame rate)."""
+        return {}
 
     def select(self, out) -> tuple[dict[str, torch.Tensor], int]:
         inputs = {k: out[k] for k in self.family.media[self.modality] if k in out}
@@ -101,6 +108,9 @@ class FamilyMedia(ModalityAdapter):
         if donor is not None:
             donor = [fit_like(d, raws[min(i, len(raws) - 1)]) for i, d in enumerate(donor)]
         corrupted = super().corrupt(raws, op, rng, donor=donor, **params)
+        for before, after in zip(raws, corrupted):  # what an item knows of itself (a video's frame rate)
+            if hasattr(before, "sampled_fps"):
+                after.sampled_fps = before.sampled_fps
         inputs, tokens = self.select(self.process(corrupted))
         if isinstance(items, ProcessedItems) and tokens != items.tokens:
             raise RuntimeError(f"{self.modality} operator {op!r} changed the item's token count ({items.tokens} -> "
@@ -123,7 +133,7 @@ class FamilyMedia(ModalityAdapter):
 class FamilyImage(FamilyMedia):
     modality = "image"
     placeholder = "<image>"
-    extensions = ("jpg", "jpeg", "png", "webp")
+    extensions = ImageAdapter.extensions
     operators = MULTI_IMAGE_OPS
 
     def decode(self, data: bytes, ext: str):
@@ -138,27 +148,39 @@ class FamilyImage(FamilyMedia):
 
 
 class FamilyVideo(FamilyMedia):
+    """Frames sampled by anyalign's decoder (``num_frames`` spread over the clip, or one every ``1/fps`` s up to
+    ``num_frames``; ``frame_size`` caps the decode size). Each item keeps its sampled frame rate
+    (``sampled_fps``), which families that place frames in time are told (``video_metadata``)."""
+
     modality = "video"
     placeholder = "<video>"
-    extensions = ("mp4", "avi", "mov", "mkv", "webm")
+    extensions = VideoAdapter.extensions
     operators = VIDEO_OPS
 
     def decode(self, data: bytes, ext: str):
         return read_frames(data, self.options.get("num_frames", 8), self.options.get("frame_size"),
-                           self.options.get("fps"))
+                           self.options.get("fps"), upscale=False, with_rate=True)
 
-    def preprocess(self, raw: np.ndarray) -> torch.Tensor:
-        return from_uint8(raw)
+    def preprocess(self, raw) -> torch.Tensor:
+        frames, rate = raw
+        item = from_uint8(frames)
+        item.sampled_fps = rate
+        return item
 
     def to_processor(self, item: torch.Tensor):
         return to_uint8(item)
+
+    def call_kwargs(self, items: list[torch.Tensor]) -> dict:
+        if not self.family.video_metadata or not all(hasattr(x, "sampled_fps") for x in items):
+            return {}
+        return {"video_metadata": [{"fps": x.sampled_fps, "total_num_frames": len(x)} for x in items]}
 
 
 class FamilyAudio(FamilyMedia):
     modality = "audio"
     placeholder = "<audio>"
-    extensions = ("wav", "flac", "mp3", "ogg")
-    container_extensions = ("mp4",)
+    extensions = AudioAdapter.extensions
+    container_extensions = AudioAdapter.container_extensions
     operators = AUDIO_OPS
 
     @property

@@ -20,6 +20,7 @@ class Family:
     call_kwargs: Callable[[object, set], dict] | None = None
     tokenizer: Callable | None = None
     generate_kwargs: Callable | None = None
+    video_metadata: bool = False                      # the processor is told each video's sampled frame rate
     model_class: str | None = None                    # the class to load, when not the checkpoint's own
     processor_keys: dict[str, str] = field(default_factory=lambda: {"image": "images", "video": "videos",
                                                                     "audio": "audio"})

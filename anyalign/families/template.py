@@ -61,6 +61,7 @@ class FamilyTokenizer(PreferenceTokenizer):
         for modality, items in media.items():
             adapter = self.adapters[modality]
             kwargs[adapter.family.processor_keys[modality]] = [adapter.to_processor(x) for x in items]
+            kwargs.update(adapter.call_kwargs(items))
             if adapter.family.call_kwargs:
                 kwargs.update(adapter.family.call_kwargs(self.processor, set(media)))
         bos = self.tokenizer.bos_token
