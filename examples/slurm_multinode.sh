@@ -7,6 +7,9 @@
 #   CONFIG=configs/image_dpo.yaml STRATEGY=configs/strategies/fsdp.yaml sbatch examples/slurm_multinode.sh
 #
 # Arguments after the script name go to `anyalign fit` after the ones below, so they win.
+# A requeued job (sbatch --requeue) keeps its SLURM_JOB_ID: pass --ckpt_path last and it resumes the job's
+# latest run in that run's own directory (runs/<config>-<job id>/lightning_logs/version_N/); the first start,
+# with no checkpoint yet, starts a new run.
 # Keep --ntasks-per-node equal to --gpus-per-node: Lightning refuses to start unless trainer.devices
 # equals SLURM_NTASKS_PER_NODE and trainer.num_nodes equals SLURM_NNODES (this script passes both).
 # Shards, assets and the run directory must be on a filesystem every node sees. Give the run at least
