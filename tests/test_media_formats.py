@@ -487,3 +487,17 @@ def retime(mp4: bytes, lengths: list[int]) -> bytes:
     chunks = struct.unpack(f">{count}I", stco[1][8:8 + 4 * count])
     stco[1] = stco[1][:8] + struct.pack(f">{count}I", *(c + grow for c in chunks))
     return _build(tree)
+
+
+def test_a_member_only_another_adapter_reads_is_named(tmp_path, image_model):
+    """An image-only run, a sample whose only media member is a wav: the reason says the audio adapter would read it
+    and this run has none (the pipeline knows the run's adapters; the schema alone knows only the registry)."""
+    from anyalign.data.module import PreferenceDataModule
+    from conftest import pair, write_shard
+    shard = write_shard(tmp_path / "s.tar", [pair("k", wav=b"RIFF....WAVEfmt ")])
+    dm = PreferenceDataModule(shard, batch_size=1, num_workers=0, shuffle_buffer=1)
+    dm.bind(image_model)
+    (batch,) = list(dm._loader(dm.train_urls, 1, False, None))
+    ((_, key, reason),) = batch["skipped"]
+    assert key == "k"
+    assert "ignored member(s): k.wav (read by the audio adapter, which this run does not have)" in reason, reason

@@ -21,7 +21,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from modalities import BadSample
 
-from .schema import media_fields, parse_record
+from .schema import describe_ignored, ignored_members, media_fields, parse_record
 
 
 @dataclass(frozen=True)
@@ -123,11 +123,22 @@ def decode(src: Iterator, adapters: dict, digest: bool = False) -> Iterator[dict
                     adapter.check_items(len(fields))
                     media[modality] = [adapter.preprocess(adapter.decode(raw[f], ext)) for f, ext in fields]
             extra = {"digest": sample_digest(raw)} if digest else {}
+            reads = {e for a in adapters.values() for e in (*a.extensions, *a.container_extensions)}
+            unread = ignored_members(raw, reads)
+            if unread:  # named in the reason if the prompt's markers then go short (``tokenize``)
+                read_by = {e: name for name, cls in _registry().items() for e in cls.extensions}
+                extra["ignored"] = describe_ignored(raw, unread, read_by)
             yield {"key": key, "url": url, **record, "media": media, **extra}
         except BadSample as e:
             yield Skipped(url, key, str(e))
         except Exception as e:  # an unexpected decoder failure must not stop training
             yield Skipped(url, key, f"{type(e).__name__}: {str(e)[:300]}")
+
+
+def _registry() -> dict:
+    """The registered adapter classes by name (to say which adapter would read an ignored member)."""
+    from modalities.registry import ADAPTERS
+    return dict(ADAPTERS)
 
 
 def unpair(src: Iterator) -> Iterator[dict | Skipped]:
@@ -175,7 +186,10 @@ def tokenize(src: Iterator, tokenizer, adapters: dict) -> Iterator[dict | Skippe
                 ids = (tokenizer(ex["messages"], ex["responses"], sizes, spans) if spans
                        else tokenizer(ex["messages"], ex["responses"], sizes))
         except BadSample as e:
-            yield Skipped(ex["url"], ex["key"], str(e))
+            reason = str(e)
+            if ex.get("ignored") and "ignored member" not in reason and "but the sample has" in reason:
+                reason += f"; ignored member(s): {ex['ignored']}"
+            yield Skipped(ex["url"], ex["key"], reason)
             continue
         extra = {k: ex[k] for k in ("desirable", "digest") if k in ex}
         yield {"key": ex["key"], "url": ex["url"], "media": ex["media"], **ids, **extra}
