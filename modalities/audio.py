@@ -27,6 +27,7 @@ class AudioAdapter(ModalityAdapter):
     #: the soundtrack of a video container, read when the prompt has ``<audio>`` and no audio member
     container_extensions = ("mp4", "webm", "mov", "mkv")
     operators = AUDIO_OPS
+    reliance_operator = "mute"
 
     def __init__(
         self,

@@ -70,6 +70,10 @@ class ModalityAdapter(nn.Module, metaclass=_RecordsInitArgs):
     #: (see ``modalities/corruptions.py``); an operator marked with ``@uses_donor`` is given another sample's
     #: items of the same batch as ``donor``
     operators: ClassVar[dict[str, Callable]] = {}
+    #: the operator that measures how much the model reads this modality on held-out data (``media_reliance``)
+    #: when ``model.negatives`` names none: one that takes the content away and keeps the shape (a blank image,
+    #: a frozen clip, silence); None: not measured
+    reliance_operator: ClassVar[str | None] = None
 
     @property
     def init_args(self) -> dict[str, Any]:

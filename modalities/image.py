@@ -20,6 +20,7 @@ from .vision import VisionTower, decode_image, to_pixels
 class ImageAdapter(ModalityAdapter):
     placeholder = "<image>"
     operators = IMAGE_OPS
+    reliance_operator = "null"
     extensions = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
 
     def __init__(

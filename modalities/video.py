@@ -288,6 +288,7 @@ def _sample(vr, n: int, num_frames: int, fps: float | None, keyframes: bool) -> 
 class VideoAdapter(ModalityAdapter):
     placeholder = "<video>"
     operators = VIDEO_OPS
+    reliance_operator = "static"
     extensions = ("mp4", "webm", "mkv", "avi", "mov")
 
     def __init__(

@@ -37,7 +37,8 @@ def compute(config: str) -> dict[str, torch.Tensor]:
         cli = build_cli(["--config", str(ROOT / "configs" / f"{config}.yaml"), "--data.num_workers", "0"])
         module, data = cli.model, cli.datamodule
         module.bind_data(data)
-        batch = next(iter(data.val_dataloader()))
+        # the held-out rows the config's negatives make (not the default reliance rows added since)
+        batch = next(iter(data._loader(data.val_urls, data.val_batch_size, False, data.negatives)))
         module.eval()
         with torch.no_grad():
             cache = StepCache()

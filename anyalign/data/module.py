@@ -14,6 +14,7 @@ import lightning as L
 
 from ..sequences import SEQUENCES
 from .collate import LAYOUTS, Collator
+from .negatives import reliance_spec
 from .loading import (Compose, EpochLoader, EqualBatches, check_sample_kind, count_samples, expand_shards,
                       resume_position)
 from .scan import example_stages, preflight
@@ -78,15 +79,19 @@ class PreferenceDataModule(L.LightningDataModule):
         self.samples_per_epoch, self.seed, self.unpair = samples_per_epoch, seed, unpair
         self.model, self.reference_stages = None, []
         self.negatives, self.train_negatives, self.unpaired = None, False, False
+        self.held_out_negatives = None
         self.preflight_max_bad_fraction, self.preflight_report = preflight_max_bad_fraction, None
 
     def bind(self, model, negatives: dict | None = None, needs=None, reference=None) -> None:
         """Take the tokenizer and the adapters' preprocessing from the model (a MultimodalLM), the validated
         negatives spec, and what the loss terms need (``anyalign.sequences.Needs``): training batches carry
-        corrupted-media rows only if a term scores them, validation batches whenever negatives are configured
-        (to measure media reliance). ``reference`` (a ``Reference``) checks itself against this data and may
+        corrupted-media rows only if a term scores them, held-out batches always (to measure media reliance:
+        with the configured operators, else each adapter's ``reliance_operator``). ``reference`` (a ``Reference``) checks itself against this data and may
         add pipeline stages (a precomputed cache's lookup), before any training."""
         self.model, self.negatives = model, negatives
+        # held-out batches always carry a corrupted-media row per pair, so media_reliance is always measured:
+        # the configured operators, else each adapter's own reliance operator
+        self.held_out_negatives = negatives or reliance_spec(dict(model.adapters.items()))
         self.train_negatives = bool(needs and needs.train_negatives)
         self.unpaired = bool(needs and needs.unpaired)  # the loss terms train on unpaired samples (KTO)
         reason = model.shared_layout_unsupported_reason() if self.layout == "shared" else None
@@ -156,10 +161,10 @@ class PreferenceDataModule(L.LightningDataModule):
     def val_dataloader(self):
         if not self.val_urls:
             return []
-        return self._loader(self.val_urls, self.val_batch_size, False, self.negatives)
+        return self._loader(self.val_urls, self.val_batch_size, False, self.held_out_negatives)
 
     def test_dataloader(self):
         if not self.test_urls:
             raise ValueError("python -m anyalign test needs data.test_shards (held-out shards), e.g. "
                              "--data.test_shards 'data/test-{000..001}.tar'")
-        return self._loader(self.test_urls, self.val_batch_size, False, self.negatives)
+        return self._loader(self.test_urls, self.val_batch_size, False, self.held_out_negatives)

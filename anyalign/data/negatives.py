@@ -52,6 +52,13 @@ def validate_negatives(negatives: dict | None, adapters: dict) -> dict[str, list
     return spec
 
 
+def reliance_spec(adapters: dict) -> dict[str, list[tuple[str, float, dict]]]:
+    """The held-out corruption when ``model.negatives`` names none: each adapter's ``reliance_operator``, so
+    ``media_reliance`` is measured on validation for every run (a baseline at step 0 included)."""
+    return {m: [(a.reliance_operator, 1.0, {})] for m, a in adapters.items()
+            if a.reliance_operator and a.reliance_operator in a.operators}
+
+
 def sample_generator(seed: int, key: str) -> torch.Generator:
     return torch.Generator().manual_seed(zlib.crc32(f"{seed}/{key}".encode()))
 

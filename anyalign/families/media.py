@@ -135,6 +135,7 @@ class FamilyImage(FamilyMedia):
     placeholder = "<image>"
     extensions = ImageAdapter.extensions
     operators = MULTI_IMAGE_OPS
+    reliance_operator = "null"
 
     def decode(self, data: bytes, ext: str):
         return decode_image(data)
@@ -156,6 +157,7 @@ class FamilyVideo(FamilyMedia):
     placeholder = "<video>"
     extensions = VideoAdapter.extensions
     operators = VIDEO_OPS
+    reliance_operator = "static"
 
     def decode(self, data: bytes, ext: str):
         return read_frames(data, self.options.get("num_frames", 8), self.options.get("frame_size"),
@@ -182,6 +184,7 @@ class FamilyAudio(FamilyMedia):
     extensions = AudioAdapter.extensions
     container_extensions = AudioAdapter.container_extensions
     operators = AUDIO_OPS
+    reliance_operator = "mute"
 
     @property
     def sampling_rate(self) -> int:

@@ -1,0 +1,34 @@
+"""media_reliance is measured on held-out data in every run: with model.negatives the configured operators, without
+them each adapter's reliance operator (a blank image, a frozen clip, silence)."""
+from __future__ import annotations
+
+import csv
+import glob
+
+import torch
+
+from anyalign.__main__ import main
+from anyalign.data.negatives import reliance_spec
+from modalities import AudioAdapter, ImageAdapter, VideoAdapter
+
+from conftest import ROOT
+
+
+def test_every_builtin_adapter_has_a_shape_keeping_reliance_operator(image_model):
+    spec = reliance_spec(dict(image_model.adapters.items()))
+    assert spec == {"image": [("null", 1.0, {})]}
+    assert (ImageAdapter.reliance_operator, VideoAdapter.reliance_operator, AudioAdapter.reliance_operator) == \
+        ("null", "static", "mute")
+    x = torch.rand(3, 8, 8)
+    assert torch.equal(ImageAdapter.operators["null"]([x], torch.Generator())[0], torch.full_like(x, -1.0))
+
+
+def test_a_run_without_negatives_logs_media_reliance(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    main(["fit", "--config", "configs/image_dpo.yaml", "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
+          "--trainer.limit_val_batches", "1", "--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar",
+          "false", "--trainer.default_root_dir", str(tmp_path), "--data.num_workers", "0", "--model.export_dir", "null"])
+    (path,) = glob.glob(f"{tmp_path}/**/metrics.csv", recursive=True)
+    rows = [r for r in csv.DictReader(open(path)) if r.get("val/media_reliance")]
+    assert rows, "no val/media_reliance logged"
+    assert all(abs(float(r["val/media_reliance"])) > 0 for r in rows)  # a blank image changes the log-probs
