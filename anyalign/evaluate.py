@@ -52,9 +52,9 @@ def model_kind(spec: str) -> str:
         return "checkpoint"
     p = Path(spec)
     if p.is_dir():
-        if not (p / "anyalign.json").is_file():
-            raise SystemExit(f"evaluate: {spec} is a directory but not an anyalign export (no anyalign.json)")
-        return "export"
+        if not (p / "anyalign.json").is_file() and not (p / "config.json").is_file():
+            raise SystemExit(f"evaluate: {spec} is a directory but not an export (no anyalign.json, no config.json)")
+        return "export"  # an anyalign export, or a pretrained family's (its own format; load_aligned tells)
     if p.is_file():
         return "checkpoint"
     raise SystemExit(f"evaluate: model {spec!r} is not 'initial', 'last', an export directory or a checkpoint file")

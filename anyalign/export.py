@@ -121,13 +121,20 @@ def save_llava(model: MultimodalLM, directory: str | Path, lm=None) -> Path:
 
 
 def load_aligned(directory: str | Path, trust_remote_code: bool = False) -> MultimodalLM:
-    """Rebuild the exported MultimodalLM (LM, tokenizer with media tokens, adapters with their weights)."""
+    """Rebuild the exported model: an assembled MultimodalLM (LM, tokenizer with media tokens, adapters with their
+    weights), or a pretrained family's export (its own format) as a FamilyLM."""
     import importlib
 
     src = Path(directory)
     meta_file = src / "anyalign.json"
     if not meta_file.is_file():
-        raise FileNotFoundError(f"not an anyalign export (no anyalign.json): {src}")
+        from .families import detect
+        if (src / "config.json").is_file() and detect(str(src)) is not None:
+            # a pretrained family's export (or any checkpoint of a family): its own format
+            from .families import build_policy
+            return build_policy(str(src), {}, trust_remote_code=trust_remote_code).eval()
+        raise FileNotFoundError(f"not an anyalign export (no anyalign.json) nor a checkpoint of a known "
+                                f"multimodal family: {src}")
     meta = json.loads(meta_file.read_text())
     adapters = {}
     for name, spec in meta["adapters"].items():

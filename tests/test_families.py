@@ -88,3 +88,17 @@ def test_gradients_equal_the_concatenated_layout(tiny_family, family, modality):
         # fp32 sums in another order: 1e-5 of the tensor's largest entry (Gemma 3's projector grads reach ~90)
         scale = max(1.0, float(g.abs().max()))
         torch.testing.assert_close(g, grads["concatenated"][name], atol=1e-5 * scale, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("family,modality", CASES)
+def test_the_media_reach_the_logps(tiny_family, family, modality):
+    """The parity above means something only if the media matter: the chosen response scored under the item's
+    reliance corruption (blank image, frozen clip, silence) gets other log-probs (every tiny weight is random;
+    a matrix a family initialises to zero, Gemma 3's image projection, is not left at zero by the builder)."""
+    model = policy(tiny_family, family).eval()
+    op = model.adapters[modality].reliance_operator
+    batch = batches(model, modality, "shared", 1, negatives={modality: [(op, 1.0, {})]})[0]
+    with torch.no_grad():
+        out = model(batch).logps
+    clean, corrupt = out[batch["index"]["chosen"][0]], out[batch["index"]["chosen_corrupt"][0]]
+    assert abs(float(clean - corrupt)) > 1e-4, (family, modality, float(clean), float(corrupt))
