@@ -20,6 +20,15 @@ class ReportCallback(L.Callback):
     def on_fit_start(self, trainer, pl_module) -> None:
         self.start = time.perf_counter()
 
+    def on_sanity_check_end(self, trainer, pl_module) -> None:
+        """The held-out pass before training (``trainer.num_sanity_val_steps``; the shipped configs run all of it)
+        is the baseline: Lightning keeps sanity-check metrics out of the loggers, so they are written here, at step
+        0, beside the later passes (metrics.csv, TensorBoard, curves.png)."""
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        if metrics and trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
+
     @rank_zero_only
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         skipped = pl_module.skipped

@@ -33,6 +33,15 @@ log = logging.getLogger("anyalign")
 SHARED_LAYOUT_ATTENTION = ("sdpa", "eager", "flex_attention")
 
 
+def enable_checkpointing(model) -> None:
+    """Recompute activations in backward (non-reentrant): ``activation_checkpointing_enable`` where transformers has
+    it (it deprecates ``gradient_checkpointing_enable``), the older name before."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 class StepCache:
     """Work that depends on one batch only, shared by the forwards on it (the policy's and the reference's):
     the slot mask per (kernel, dtype, device), and frozen encoders' features per modality. The module makes
@@ -72,7 +81,7 @@ class MultimodalLM(nn.Module):
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if gradient_checkpointing:
-            self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_checkpointing(self.lm)
 
         placeholders = [a.placeholder for a in adapters.values()]
         if len(set(placeholders)) != len(placeholders):

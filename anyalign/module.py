@@ -238,7 +238,10 @@ class AlignModule(L.LightningModule):
             self._held_out.reduce(self.trainer.strategy, self.device)
         summary = self._held_out.summary(self.global_step, False)
         if summary is not None and self.trainer.is_global_zero:
-            print(f"[anyalign] test reward accuracy: {summary['accuracy']:.3f} on {summary['pairs']} pairs "
+            unpaired = bool(getattr(self.trainer.datamodule, "unpaired", False))
+            what, unit = ("test reward accuracy (per sample, unpaired)", "samples") if unpaired else \
+                ("test reward accuracy", "pairs")
+            print(f"[anyalign] {what}: {summary['accuracy']:.3f} on {summary['pairs']} {unit} "
                   f"({summary['ties']} ties, counted as not right)")
 
     def on_validation_epoch_end(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import glob
 
+import pytest
 import torch
 
 from anyalign.__main__ import main
@@ -32,3 +33,18 @@ def test_a_run_without_negatives_logs_media_reliance(tmp_path, monkeypatch, caps
     rows = [r for r in csv.DictReader(open(path)) if r.get("val/media_reliance")]
     assert rows, "no val/media_reliance logged"
     assert all(abs(float(r["val/media_reliance"])) > 0 for r in rows)  # a blank image changes the log-probs
+
+
+def test_the_held_out_pass_before_training_is_in_metrics_csv(tmp_path, monkeypatch):
+    """The sanity-check pass (the whole held-out set in the shipped configs) is the step-0 baseline in metrics.csv."""
+    monkeypatch.chdir(ROOT)
+    main(["fit", "--config", "configs/image_dpo.yaml", "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
+          "--trainer.limit_val_batches", "1", "--trainer.num_sanity_val_steps", "1", "--trainer.enable_progress_bar",
+          "false", "--trainer.default_root_dir", str(tmp_path), "--data.num_workers", "0", "--model.export_dir", "null"])
+    (path,) = glob.glob(f"{tmp_path}/**/metrics.csv", recursive=True)
+    rows = [r for r in csv.DictReader(open(path)) if r.get("val/loss")]
+    # Lightning logs a pass by the 0-based index of the batch it follows (the pass after step 2 at row step 1);
+    # the baseline is written at global step 0, before any optimizer step
+    assert [int(r["step"]) for r in rows] == [0, 1]
+    assert float(rows[0]["val/loss"]) == pytest.approx(0.6931, abs=1e-3)  # policy = reference: log 2
+    assert float(rows[0]["val/rewards/accuracies"]) == 0.0 and rows[0]["val/media_reliance"]

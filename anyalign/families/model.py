@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..logprobs import SeqLogps, _allowed, attention_block_mask, gather_logps
-from ..model import StepCache
+from ..model import StepCache, enable_checkpointing
 from .media import MEDIA_CLASSES
 from .spec import Family, _token_id
 from .template import FamilyTokenizer
@@ -110,7 +110,7 @@ class FamilyLM(nn.Module):
         if bad:
             raise ValueError(f"model.freeze: {bad} unknown; choose from {list(FREEZABLE)}")
         if gradient_checkpointing:
-            self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_checkpointing(self.lm)
         if lora:  # LoRA on the language model's linear layers; the towers and projector follow model.freeze
             from peft import LoraConfig, get_peft_model
             lm_root = _submodule(self.lm.model, family.language_model)
