@@ -48,3 +48,16 @@ def test_the_held_out_pass_before_training_is_in_metrics_csv(tmp_path, monkeypat
     assert [int(r["step"]) for r in rows] == [0, 1]
     assert float(rows[0]["val/loss"]) == pytest.approx(0.6931, abs=1e-3)  # policy = reference: log 2
     assert float(rows[0]["val/rewards/accuracies"]) == 0.0 and rows[0]["val/media_reliance"]
+
+
+def test_fewer_shards_than_readers_is_warned_at_fit_start(tmp_path, monkeypatch, caplog):
+    from anyalign.data.loading import idle_readers
+    assert idle_readers(4, 1, 2) is None and idle_readers(8, 2, 4) is None
+    assert "1 reader(s) get no shard" in idle_readers(1, 1, 2)
+    monkeypatch.chdir(ROOT)
+    with caplog.at_level("WARNING", logger="anyalign"):
+        main(["fit", "--config", "configs/image_dpo.yaml", "--trainer.max_steps", "1", "--trainer.limit_val_batches",
+              "0", "--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar", "false",
+              "--trainer.default_root_dir", str(tmp_path), "--data.num_workers", "2", "--model.export_dir", "null",
+              "--data.train_shards", "assets/data/image/train-000.tar"])
+    assert any("1 shard(s) for 1 rank(s) x 2 data worker(s)" in r.getMessage() for r in caplog.records)

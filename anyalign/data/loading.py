@@ -139,3 +139,15 @@ def resume_position(trainer) -> tuple[int, int]:
     if epochs.started > epochs.processed:  # the checkpoint was taken inside an epoch
         return epochs.processed, loop.epoch_loop.batch_progress.current.processed
     return epochs.processed, 0
+
+
+def idle_readers(shards: int, world: int, workers: int) -> str | None:
+    """Why some data readers will sit idle, or None: shards are split by rank, then by data-loader worker, so fewer
+    shards than ranks x workers leaves readers with none (fewer than ranks: every rank reads all and keeps its share
+    of samples, each decoding every sample)."""
+    readers = world * max(workers, 1)
+    if shards >= readers:
+        return None
+    return (f"{shards} shard(s) for {world} rank(s) x {max(workers, 1)} data worker(s): {readers - shards} reader(s) "
+            f"get no shard and idle; split the data into at least {readers} shards (python -m anyalign convert "
+            f"... --shards {readers}) or lower data.num_workers")

@@ -16,7 +16,7 @@ from ..sequences import SEQUENCES
 from .collate import LAYOUTS, Collator
 from .negatives import reliance_spec
 from .loading import (Compose, EpochLoader, EqualBatches, check_sample_kind, count_samples, expand_shards,
-                      resume_position)
+                      idle_readers, resume_position)
 from .scan import example_stages, preflight
 from .pipeline import PreferenceStream, batched, check_kind, decode, rank_and_world, tokenize, unpair, worker_init
 from .template import PreferenceTokenizer
@@ -123,6 +123,11 @@ class PreferenceDataModule(L.LightningDataModule):
             module = self.trainer.lightning_module
             module.bind_data(self)
             check_sample_kind(self.train_urls, "data.train_shards", self.unpaired, self.unpair)
+        if stage == "fit":
+            _, world = rank_and_world()
+            idle = idle_readers(len(self.train_urls), world, self.num_workers)
+            if idle:
+                log.warning("data.train_shards: %s", idle)
         if stage == "fit" and self.preflight_max_bad_fraction is not None and self.preflight_report is None:
             self.preflight_report = preflight(self.train_urls, example_stages(self), self.preflight_max_bad_fraction,
                                               self.num_workers)
