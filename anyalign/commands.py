@@ -12,7 +12,8 @@ class ConfigError(ValueError):
 
 
 COMMANDS = {"precompute": "anyalign.precompute", "inspect": "anyalign.inspector", "convert": "anyalign.convert.cli",
-            "predict": "anyalign.predict", "evaluate": "anyalign.evaluate"}
+            "predict": "anyalign.predict", "evaluate": "anyalign.evaluate",
+            "bdhs": "anyalign.bdhs"}
 
 
 def run_command(argv: list[str]) -> bool:

@@ -103,9 +103,16 @@ def _pick(logits: torch.Tensor, cfg: GenerationConfig, rng: torch.Generator | No
 
 @torch.no_grad()
 def generate_batch(model: MultimodalLM, prepared: list[dict], cfg: GenerationConfig, use_cache: bool = True,
-                   rng: torch.Generator | None = None) -> list[list[int]]:
-    """Token ids generated for each prepared prompt (stop token excluded)."""
+                   rng: torch.Generator | None = None, blocked: list | None = None) -> list[list[int]]:
+    """Token ids generated for each prepared prompt (stop token excluded).
+
+    ``blocked`` (off by default): per prompt, indices into its ``ids`` whose keys no position may attend to
+    (BDHS hides media tokens this way). They are zeros in the attention mask only; the position ids still
+    come from the padding mask, so no position shifts. ``None`` leaves generation exactly as it is."""
     if hasattr(model, "generate_ids"):  # a pretrained family: its own generate (M-RoPE, Gemma 3's image blocks)
+        if blocked is not None:
+            raise NotImplementedError("blocking attention to prompt positions is not supported for a pretrained "
+                                      f"family ({type(model).__name__}): it generates with its own generate")
         return model.generate_ids(prepared, cfg, use_cache, rng, _stop_ids(model))
     device = next(model.parameters()).device
     pad = model.tokenizer.pad_token_id
@@ -119,6 +126,15 @@ def generate_batch(model: MultimodalLM, prepared: list[dict], cfg: GenerationCon
         for m, items in p["media"].items():
             media.setdefault(m, []).extend(items)
     ids, mask = ids.to(device), mask.to(device)
+    attn = mask  # what the keys may be attended by: the padding mask, less any blocked positions
+    if blocked is not None:
+        attn = mask.clone()
+        for i, (p, where) in enumerate(zip(prepared, blocked)):
+            where = torch.as_tensor(where, dtype=torch.long).reshape(-1)
+            if where.numel():
+                if int(where.min()) < 0 or int(where.max()) >= len(p["ids"]):
+                    raise IndexError(f"blocked positions of prompt {i} outside its {len(p['ids'])} tokens")
+                attn[i, length - len(p["ids"]) + where.to(device)] = 0
     batch_media = move_data_to_device({m: model.adapters[m].collate(items) for m, items in media.items()}, device)
     embeds = model.embed(ids, batch_media)  # media encoded once, for the whole generation
     stops, emb_layer = _stop_ids(model), model.lm.get_input_embeddings()
@@ -129,10 +145,10 @@ def generate_batch(model: MultimodalLM, prepared: list[dict], cfg: GenerationCon
     for _ in range(cfg.max_new_tokens):
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         if use_cache and past is not None:
-            res = model.lm(inputs_embeds=step_embeds[:, -1:], attention_mask=mask, position_ids=positions[:, -1:],
+            res = model.lm(inputs_embeds=step_embeds[:, -1:], attention_mask=attn, position_ids=positions[:, -1:],
                            use_cache=True, **{cache_arg: past}, **extra)
         else:
-            res = model.lm(inputs_embeds=step_embeds, attention_mask=mask, position_ids=positions, use_cache=use_cache,
+            res = model.lm(inputs_embeds=step_embeds, attention_mask=attn, position_ids=positions, use_cache=use_cache,
                            **extra)
         past = getattr(res, cache_arg) if use_cache else None
         logits = res.logits[:, -1]  # the LM's own forward: final soft-capping (Gemma) already applied
@@ -149,6 +165,7 @@ def generate_batch(model: MultimodalLM, prepared: list[dict], cfg: GenerationCon
         if bool(done.all()):
             break
         mask = torch.cat([mask, (~done).long()[:, None]], dim=1)
+        attn = mask if blocked is None else torch.cat([attn, (~done).long()[:, None]], dim=1)
         step_embeds = torch.cat([step_embeds, emb_layer(nxt)[:, None].to(step_embeds.dtype)], dim=1)
     return out
 
