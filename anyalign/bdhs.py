@@ -12,12 +12,14 @@ the blocked positions are the placeholder positions of the prompt, whatever thei
 
 Input shards hold prompt + chosen (+ media; a ``rejected`` is ignored and replaced). Each output shard has the
 input shard's name; every member of a sample is copied byte for byte except ``KEY.json``, whose ``rejected`` is
-set (its other fields kept). A sample that cannot be read is left out and reported. ``bdhs.json`` beside the
+set (its other fields kept). A sample that cannot be read is left out and reported, and so (by default) is one
+whose every candidate was too similar. ``bdhs.json`` beside the
 shards holds the settings, the per-sample tries and similarities, and the histogram of tries.
 
 Config keys (a YAML file; any key also as ``--key value``): ``model`` (an export) or ``model_config`` (a training
 config: the model it builds, optionally with ``ckpt_path``), ``input`` (shards: paths or brace patterns),
-``output`` (a directory), ``mask_fraction``, ``prefix_fraction``, ``threshold``, ``max_tries``,
+``output`` (a directory), ``exhausted`` (``drop``: a sample still too similar after ``max_tries`` is left out,
+the default; ``keep``: written with its least similar candidate), ``mask_fraction``, ``prefix_fraction``, ``threshold``, ``max_tries``,
 ``similarity``, ``temperature``, ``stop``, ``top_p``, ``max_new_tokens``, ``batch_size``, ``seed``. See docs/methods.md.
 """
 from __future__ import annotations
@@ -45,7 +47,7 @@ from .commands import ConfigError
 DEFAULTS = {
     "mask_fraction": 0.9, "prefix_fraction": 0.5, "threshold": 0.9, "max_tries": 5, "temperature": 1.0,
     "top_p": 0.9, "stop": [], "max_new_tokens": 48, "batch_size": 8, "seed": 0,
-    "similarity": {"class_path": "anyalign.bdhs.TokenOverlap"},
+    "similarity": {"class_path": "anyalign.bdhs.TokenOverlap"}, "exhausted": "drop",
 }
 
 
@@ -281,9 +283,12 @@ def load_settings(argv: list[str]) -> dict:
     p.add_argument("--input", nargs="+", help="input shards (paths, brace patterns)")
     p.add_argument("--output", help="output directory")
     for k, v in DEFAULTS.items():
-        if k not in ("similarity", "stop"):
+        if k not in ("similarity", "stop", "exhausted"):
             p.add_argument(f"--{k}", type=type(v))
     p.add_argument("--stop", action="append", help="a stop string (repeatable): the candidate ends after it")
+    p.add_argument("--exhausted", choices=["drop", "keep"],
+                   help="a sample still too similar after max_tries: left out (drop) or written with its least "
+                        "similar candidate (keep)")
     p.add_argument("--similarity", help="class_path of the similarity test (init_args: in the config)")
     a = p.parse_args(argv)
     settings = {"model": None, "model_config": None, "ckpt_path": None, "input": None, "output": None,
@@ -317,6 +322,8 @@ def load_settings(argv: list[str]) -> dict:
     for k in ("mask_fraction", "prefix_fraction"):
         if not 0 <= float(settings[k]) <= 1:
             raise ConfigError(f"{k} must be in [0, 1], got {settings[k]}")
+    if settings["exhausted"] not in ("drop", "keep"):
+        raise ConfigError(f"exhausted must be 'drop' or 'keep', got {settings['exhausted']!r}")
     if int(settings["max_tries"]) < 1:
         raise ConfigError(f"max_tries must be >= 1, got {settings['max_tries']}")
     return settings
@@ -370,7 +377,8 @@ def run(settings: dict, model=None, log=print) -> dict:
                 chunk = pending[start:start + bs]
                 outcomes = sample_rejected(model, [c[2] for c in chunk], settings, similarity, gen, rng)
                 for (key, members, _), o in zip(chunk, outcomes):
-                    kept.append(with_rejected(members, o.rejected))
+                    if o.accepted or settings["exhausted"] == "keep":
+                        kept.append(with_rejected(members, o.rejected))
                     per_sample[f"{Path(url).name}/{key}"] = {"tries": o.tries, "similarity": round(o.similarity, 4),
                                                             "accepted": o.accepted, "rejected": o.rejected}
             target = out_dir / Path(url).name
@@ -384,8 +392,9 @@ def run(settings: dict, model=None, log=print) -> dict:
                "skipped": [{"url": u, "key": k, "reason": r} for u, k, r in skipped], "per_sample": per_sample}
     (out_dir / "bdhs.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False))
     hist = ", ".join(f"{n} in {k} {'try' if k == 1 else 'tries'}" for k, n in sorted(tries.items())) or "none"
+    what = "least similar candidate kept" if settings["exhausted"] == "keep" else "left out"
     log(f"[anyalign] bdhs: {len(per_sample)} samples: {hist}; {exhausted} still too similar after "
-        f"{settings['max_tries']} tries (least similar kept); {len(skipped)} skipped")
+        f"{settings['max_tries']} tries ({what}); {len(skipped)} skipped")
     for u, k, r in skipped:
         log(f"[anyalign] skipped {k} ({u}): {r}")
     return summary

@@ -134,7 +134,7 @@ def _settings(tmp_path, src, **kw):
     return {"model": None, "model_config": None, "ckpt_path": None, "input": [str(src)], "output": str(tmp_path / "out"),
             "mask_fraction": 0.9, "prefix_fraction": 0.5, "threshold": 0.9, "max_tries": 3, "temperature": 1.0,
             "top_p": 0.9, "max_new_tokens": 4, "batch_size": 4, "seed": 0,
-            "similarity": {"class_path": "test_bdhs.Scripted"}, **kw}
+            "similarity": {"class_path": "test_bdhs.Scripted"}, "exhausted": "drop", **kw}
 
 
 def test_too_similar_candidates_are_resampled(model, tmp_path):
@@ -148,6 +148,12 @@ def test_too_similar_candidates_are_resampled(model, tmp_path):
     assert [p["accepted"] for p in per] == [False, True, True, True]
     assert per[0]["similarity"] == 0.97  # exhausted: the least similar candidate is kept
     assert summary["tries"] == {"1": 2, "2": 1} and summary["exhausted"] == 1
+    written = [k for k, _ in read_tar(str(tmp_path / "out" / "in-000.tar"))]
+    assert written == [p.split("/")[-1] for p in summary["per_sample"]][1:]  # the exhausted one left out
+
+    Scripted.script = [[1.0, 0.1, 0.95, 0.2], [0.97, 0.3], [0.99]]
+    summary = run(_settings(tmp_path, src, exhausted="keep"), model=model, log=lambda s: None)
+    assert len(list(read_tar(str(tmp_path / "out" / "in-000.tar")))) == 4  # kept with its least similar candidate
 
 
 def test_written_shards_copy_members_and_train(model, tmp_path, monkeypatch):
