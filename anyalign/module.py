@@ -17,7 +17,7 @@ from torch import nn
 from modalities import ModalityAdapter
 
 from .data.negatives import validate_negatives
-from .losses import DATA_INPUTS, LOSSES, RunningMean, validate_terms
+from .losses import DATA_INPUTS, RunningMean, parse_input, select_input, validate_terms
 from .metrics import HeldOut, TermOutput, default_reward_term, step_metrics
 from .families import build_policy
 from .model import StepCache
@@ -94,33 +94,34 @@ class AlignModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["adapters"])
         self.terms = validate_terms(losses if losses is not None else [{"name": "sigmoid"}])
-        needs_ref = any(LOSSES[t["name"]].needs_reference for t in self.terms)
+        # each term's spec bound to its parameters (reference_free: true drops its reference inputs)
+        needs_ref = any(t["spec"].needs_reference for t in self.terms)
         if reference == "auto":
             reference = ("adapter_disabled" if lora else "frozen_copy") if needs_ref else "none"
         if reference not in STRATEGIES:
             raise ValueError(f"model.reference={reference!r} is not one of {('auto',) + STRATEGIES}")
         if needs_ref and reference == "none":
-            names = [t["name"] for t in self.terms if LOSSES[t["name"]].needs_reference]
+            names = [t["name"] for t in self.terms if t["spec"].needs_reference]
             raise ValueError(f"model.reference=none but loss term(s) {names} need a reference model")
         if scheduler not in ("cosine", "constant"):
             raise ValueError(f"model.scheduler={scheduler!r} is not one of ('cosine', 'constant')")
-        self.sequences = sorted(set().union(*(LOSSES[t["name"]].sequences for t in self.terms)))
+        self.sequences = sorted(set().union(*(t["spec"].sequences for t in self.terms)))
         self.needs = Needs(tuple(self.sequences))
         self.reward_term = default_reward_term(self.terms, reward_term)
         # the sequences the terms take from the reference model
-        ref_sequences = sorted(set().union(*(LOSSES[t["name"]].reference_sequences for t in self.terms)))
+        ref_sequences = sorted(set().union(*(t["spec"].reference_sequences for t in self.terms)))
         self.policy = build_policy(lm, dict(adapters or {}), attn_implementation, torch_dtype, chat_template,
                                    gradient_checkpointing, trust_remote_code, lora, freeze, media, processor_kwargs)
         self.negatives = validate_negatives(negatives, self.policy.adapters)
         if self.needs.train_negatives and not self.negatives:
-            names = [t["name"] for t in self.terms if Needs(tuple(LOSSES[t["name"]].sequences)).train_negatives]
+            names = [t["name"] for t in self.terms if Needs(tuple(t["spec"].sequences)).train_negatives]
             raise ValueError(f"loss term(s) {names} score the chosen response under corrupted media, but "
                              "model.negatives names no corruption operator")
         self.reference = build_reference(reference if needs_ref else "none", self.policy, reference_cache,
                                          ref_sequences, torch_dtype, self.negatives)
         # running state of terms that keep one (BCO's reward mean): buffers, so checkpoints hold them
         self.term_state = nn.ModuleDict({str(i): RunningMean() for i, t in enumerate(self.terms)
-                                         if LOSSES[t["name"]].state})
+                                         if t["spec"].state})
         self.skipped: list[tuple[str, str, str]] = []
         self.val_history: list[dict] = []
         self._held_out = HeldOut()
@@ -156,17 +157,15 @@ class AlignModule(L.LightningModule):
             return batch[name]
         if name == "reward_shift":
             return state
-        source, _, seq = name.partition("_")
-        avg = seq.endswith("_avg")
-        seq = seq.removesuffix("_avg")
+        source, seq, kind = parse_input(name)  # sum, per-token average or token count of a sequence
         logps, tokens = (policy if source == "policy" else reference).select(batch["index"][seq])
-        return logps / tokens.clamp(min=1) if avg else logps
+        return select_input(kind, logps, tokens)
 
     def loss_terms(self, policy, reference, batch) -> tuple[torch.Tensor, list[TermOutput]]:
         """The weighted sum of the configured terms, and each term's output."""
         loss, outputs = 0.0, []
         for i, term in enumerate(self.terms):
-            spec, state = LOSSES[term["name"]], self.term_state[str(i)] if str(i) in self.term_state else None
+            spec, state = term["spec"], self.term_state[str(i)] if str(i) in self.term_state else None
             out = spec.fn(**{n: self._inputs(n, policy, reference, batch, state) for n in spec.inputs},
                           **term["params"])
             loss = loss + term["weight"] * out[0].mean()
