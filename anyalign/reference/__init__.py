@@ -5,12 +5,18 @@ from modalities.base import needs_donor
 
 from ..sequences import SEQUENCES
 from .cache import StaleCache
-from .strategies import AdapterDisabled, FrozenCopy, PrecomputedReference, Reference
+from .strategies import (
+    AdapterDisabled,
+    FrozenCopy,
+    PrecomputedReference,
+    Reference,
+    SyncReference,
+)
 
 STRATEGIES = ("frozen_copy", "adapter_disabled", "precomputed", "none")
 
 __all__ = ["STRATEGIES", "AdapterDisabled", "FrozenCopy", "PrecomputedReference", "Reference", "StaleCache",
-           "build_reference"]
+           "SyncReference", "build_reference"]
 
 
 def check_precomputable(sequences: list[str], negatives: dict, adapters) -> None:
@@ -30,7 +36,16 @@ def check_precomputable(sequences: list[str], negatives: dict, adapters) -> None
 
 
 def build_reference(strategy: str, policy, cache: str | None = None, sequences: list[str] = (),
-                    torch_dtype: str = "float32", negatives: dict | None = None) -> Reference:
+                    torch_dtype: str = "float32", negatives: dict | None = None,
+                    sync: dict | None = None) -> Reference:
+    """``sync``: ``model.reference_sync`` (TR-DPO), for ``frozen_copy`` only."""
+    if sync is not None and strategy != "frozen_copy":
+        why = {"none": "no loss term needs a reference model",
+               "adapter_disabled": "the LoRA reference is the base model with LoRA switched off, which has no "
+                                   "weights of its own to move (set model.reference: frozen_copy)",
+               "precomputed": "stored log-probs cannot follow the policy"}.get(strategy, strategy)
+        raise ValueError(f"model.reference_sync updates a frozen copy of the policy, but model.reference is "
+                         f"{strategy}: {why}")
     if strategy == "precomputed":
         if not cache:
             raise ValueError("model.reference=precomputed needs model.reference_cache: the directory written by "
@@ -38,7 +53,7 @@ def build_reference(strategy: str, policy, cache: str | None = None, sequences: 
         check_precomputable(list(sequences), negatives or {}, policy.adapters)
         return PrecomputedReference(policy, cache, list(sequences), torch_dtype)
     if strategy == "frozen_copy":
-        return FrozenCopy(policy, list(sequences))
+        return FrozenCopy(policy, list(sequences), sync)
     if strategy == "adapter_disabled":
         return AdapterDisabled(policy, list(sequences))
     if strategy == "none":

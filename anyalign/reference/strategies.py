@@ -3,7 +3,8 @@ so callers (the module, precompute, bench) never ask which one they hold.
 
 - ``frozen_copy``: a frozen deep copy of the initial policy (full fine-tuning). It is kept out of the
   module's registered children so it is neither checkpointed nor wrapped by DDP/FSDP; it follows the
-  policy's device.
+  policy's device. With ``model.reference_sync`` (TR-DPO) it is moved towards the policy every N optimizer
+  steps by ``SyncReference``, which also keeps the moved weights in the checkpoint.
 - ``adapter_disabled``: for LoRA policies: the same weights with the LoRA adapters switched off and the
   modality adapters' trainable tensors (projectors) at their initial values, applied with
   ``functional_call`` from a snapshot of those tensors only. No second copy of the LM or encoders.
@@ -18,6 +19,7 @@ import logging
 from functools import partial
 from typing import Callable
 
+import lightning as L
 import torch
 from torch.func import functional_call
 
@@ -61,15 +63,38 @@ class Reference:
         """Tensors held for the reference beside the policy's (for memory reports)."""
         return []
 
+    def callbacks(self) -> list[L.Callback]:
+        """Lightning callbacks the strategy needs during fit (the module adds them)."""
+        return []
+
+
+SYNC_KEYS = {"every": "optimizer steps between updates (TRL's ref_model_sync_steps, TR-DPO's τ)",
+             "alpha": "weight of the policy in each update, in (0, 1]; 1 copies it (TRL's ref_model_mixup_alpha)"}
+
+
+def check_sync(sync: dict) -> dict:
+    """``model.reference_sync``: ``{every: N, alpha: α}``, both required; returns it normalised."""
+    if not isinstance(sync, dict) or set(sync) != set(SYNC_KEYS):
+        what = "; ".join(f"{k}: {v}" for k, v in SYNC_KEYS.items())
+        raise ValueError(f"model.reference_sync must be {{every: N, alpha: α}} ({what}), got {sync!r}")
+    every, alpha = sync["every"], sync["alpha"]
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"model.reference_sync.every must be an integer >= 1, got {every!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha <= 1:
+        raise ValueError(f"model.reference_sync.alpha must be in (0, 1], got {alpha!r}")
+    return {"every": every, "alpha": float(alpha)}
+
 
 class FrozenCopy(Reference):
     name = "frozen_copy"
     runs_model = True
 
-    def __init__(self, policy: MultimodalLM, sequences: list[str] = ()):
+    def __init__(self, policy: MultimodalLM, sequences: list[str] = (), sync: dict | None = None):
         super().__init__(sequences)
         self.model = copy.deepcopy(policy).eval().requires_grad_(False)
         self._policy_tensors: set[int] = set()
+        self.sync = check_sync(sync) if sync is not None else None
+        self._unsharded = True  # until setup says otherwise
 
     def setup(self, policy: MultimodalLM, device: torch.device, share_frozen: bool = False) -> None:
         self.model.configure_attention(device)  # a deep copy made on CPU: its own config to resolve
@@ -77,6 +102,26 @@ class FrozenCopy(Reference):
             self.share_frozen_encoders(policy)  # before .to(device): one tower on the GPU
         self.model.to(device)
         self._policy_tensors = {t.data_ptr() for t in policy.state_dict().values()}
+        self._unsharded = share_frozen  # the policy's parameters are whole on this rank (one device, DDP)
+
+    def trained_names(self, policy: MultimodalLM) -> list[str]:
+        """The parameters the policy trains: the only ones a sync can change."""
+        return [n for n, p in policy.named_parameters() if p.requires_grad]
+
+    @torch.no_grad()
+    def mix_from(self, policy: MultimodalLM, alpha: float) -> None:
+        """TR-DPO's update, θ_ref ← α·θ + (1 - α)·θ_ref, on the parameters the policy trains (the frozen
+        ones are equal in both already). α = 1 is a hard copy."""
+        if not self._unsharded:
+            raise RuntimeError("model.reference_sync reads the policy's parameters whole; FSDP and DeepSpeed "
+                               "shard them: use a single device or DDP")
+        own = dict(self.model.named_parameters(remove_duplicate=False))
+        for name, p in policy.named_parameters():
+            if p.requires_grad:
+                own[name].lerp_(p.detach().to(own[name].dtype), alpha)
+
+    def callbacks(self) -> list[L.Callback]:
+        return [SyncReference(self, **self.sync)] if self.sync else []
 
     def share_frozen_encoders(self, policy: MultimodalLM) -> list[str]:
         """Point the copy's frozen encoder sides at the policy's own modules, which never change, instead of
@@ -100,6 +145,48 @@ class FrozenCopy(Reference):
 
     def held_tensors(self) -> list[torch.Tensor]:
         return [t for t in self.model.state_dict().values() if t.data_ptr() not in self._policy_tensors]
+
+
+class SyncReference(L.Callback):
+    """TR-DPO (Gorbatovski et al. 2024; TRL's ``sync_ref_model``): after every ``every``-th optimizer step the
+    frozen copy moves towards the policy, θ_ref ← α·θ + (1 - α)·θ_ref. The moved weights are this callback's
+    state, so a checkpoint holds them and a resumed run continues with the same reference (the frozen copy
+    itself is built from the initial policy and is not part of the module's state)."""
+
+    def __init__(self, reference: FrozenCopy, every: int, alpha: float):
+        self.reference, self.every, self.alpha = reference, every, alpha
+        self.synced_at = 0  # the optimizer step of the last update (0: never)
+        self.names: list[str] = []  # the parameters an update moves (those the policy trains)
+
+    @property
+    def state_key(self) -> str:
+        return "SyncReference"
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.names = self.reference.trained_names(pl_module.policy)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step  # counts optimizer steps: several micro-batches may end at one step
+        if step > self.synced_at and step % self.every == 0:
+            self.reference.mix_from(pl_module.policy, self.alpha)
+            self.synced_at = step
+
+    def state_dict(self) -> dict:
+        """The moved weights once an update has happened (before that the copy is the initial policy, which
+        a resumed run rebuilds anyway)."""
+        if not self.synced_at:
+            return {"synced_at": 0}
+        own = dict(self.reference.model.named_parameters(remove_duplicate=False))
+        return {"synced_at": self.synced_at, "weights": {n: own[n].detach().clone() for n in self.names}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.synced_at = int(state.get("synced_at", 0))
+        if self.synced_at:
+            own = dict(self.reference.model.named_parameters(remove_duplicate=False))
+            with torch.no_grad():
+                for name, value in state["weights"].items():
+                    own[name].copy_(value)
+            self.names = list(state["weights"])
 
 
 class AdapterDisabled(Reference):
