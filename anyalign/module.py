@@ -36,6 +36,7 @@ class AlignModule(L.LightningModule):
         negatives: dict[str, list[dict]] | None = None,
         reference: str = "auto",
         reference_cache: str | None = None,
+        reference_sync: dict | None = None,
         lora: dict | None = None,
         lr: float = 1e-4,
         weight_decay: float = 0.0,
@@ -64,6 +65,8 @@ class AlignModule(L.LightningModule):
                 LoRA, else frozen_copy, if a term needs one).
             reference_cache: directory of precomputed reference log-probs, written by
                 ``python -m anyalign precompute --config <this config>`` (for ``reference: precomputed``).
+            reference_sync: TR-DPO: move the frozen copy towards the policy after every N-th optimizer step,
+                ``{every: N, alpha: α}``: θ_ref ← α·θ + (1 - α)·θ_ref (α = 1: a hard copy); ``frozen_copy`` only.
             lora: LoRA on the LM via peft, e.g. ``{r: 16, lora_alpha: 32, lora_dropout: 0.05}`` (any
                 ``peft.LoraConfig`` field; ``target_modules`` defaults to ``all-linear``).
             lr: AdamW learning rate.
@@ -118,7 +121,7 @@ class AlignModule(L.LightningModule):
             raise ValueError(f"loss term(s) {names} score the chosen response under corrupted media, but "
                              "model.negatives names no corruption operator")
         self.reference = build_reference(reference if needs_ref else "none", self.policy, reference_cache,
-                                         ref_sequences, torch_dtype, self.negatives)
+                                         ref_sequences, torch_dtype, self.negatives, reference_sync)
         # running state of terms that keep one (BCO's reward mean): buffers, so checkpoints hold them
         self.term_state = nn.ModuleDict({str(i): RunningMean() for i, t in enumerate(self.terms)
                                          if t["spec"].state})
@@ -305,4 +308,4 @@ class AlignModule(L.LightningModule):
         if self.hparams.export_dir:
             callbacks.append(ExportCallback(self.hparams.export_dir))
         callbacks.append(CurvesCallback())
-        return callbacks
+        return callbacks + self.reference.callbacks()  # TR-DPO's reference updates
