@@ -254,6 +254,16 @@ def test_ld_dpo_longer_response_weighs_less():
     assert float(dpo["policy_rejected"].grad) == pytest.approx(0.1 * dpo_sig)
 
 
+@pytest.mark.parametrize("tau", [0.05, 0.1, 0.5])
+def test_discopop_slope_at_zero(tau):
+    """d/dx at x = βΔ = 0 is (1 - ln 2)/(4τ) - 3/4 (from m' = 1/(4τ), m = 1/2): positive below τ ≈ 0.102, so
+    with the paper's τ = 0.05 a pair whose policy equals the reference is first pushed the wrong way."""
+    x = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    zero = torch.zeros(1, dtype=torch.float64)
+    LOSSES["discopop"].fn(x, zero, zero, zero, beta=1.0, discopop_tau=tau)[0].sum().backward()
+    assert float(x.grad) == pytest.approx((1 - LN2) / (4 * tau) - 0.75, abs=1e-12)
+
+
 # ---- each trains: a tiny synthetic policy (a table of next-token logits) moves the right way ----
 CHOSEN = [[0, 1, 2], [1, 1]]
 REJECTED = [[3, 4, 3, 4, 0], [2, 0, 3]]
