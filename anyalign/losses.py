@@ -149,9 +149,9 @@ def _f_delta(rc: torch.Tensor, rr: torch.Tensor, f_divergence: str, f_alpha: flo
         raise ValueError(f"f_divergence={f_divergence!r} is not one of {F_DIVERGENCES}")
     dtype = torch.promote_types(rc.dtype, torch.float32)
     cap = math.log(torch.finfo(dtype).max) - 10
-    u_w = torch.exp((-alpha * rc.to(dtype)).clamp(max=cap))
-    u_l = torch.exp((-alpha * rr.to(dtype)).clamp(max=cap))
-    return (u_l - u_w) / alpha
+    pow_w = torch.exp((-alpha * rc.to(dtype)).clamp(max=cap))  # u_w^-α
+    pow_l = torch.exp((-alpha * rr.to(dtype)).clamp(max=cap))
+    return (pow_l - pow_w) / alpha
 
 
 def _rewards(beta, rc, rr):
