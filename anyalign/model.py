@@ -11,6 +11,8 @@ float 4-D mask under ``sdpa``/``eager``, a block-sparse ``BlockMask`` under ``fl
 to the decoder as prebuilt 4-D masks, which transformers passes to every layer untouched
 (``masking_utils._preprocess_mask_arguments``); a mask is always given, so the position ids, which restart
 at each slot, are never read as packed sequences (transformers only looks for those without a mask).
+Packed rows (``data.packing``: several samples' groups in one row, a ``groups`` tensor in the batch) take
+the same masks with the group rule added: a position sees only its own group, whose positions restart at 0.
 """
 from __future__ import annotations
 
@@ -53,6 +55,10 @@ class StepCache:
 
 
 class MultimodalLM(nn.Module):
+    # packed rows (``data.packing``): several groups per row, kept apart by the mask, positions restarting per
+    # group. A model without this attribute (a pretrained family's, which builds its own masks) is never packed.
+    supports_packing = True
+
     def __init__(
         self,
         lm: str,
@@ -166,30 +172,37 @@ class MultimodalLM(nn.Module):
                     "layout's one mask would replace its per-layer masks")
         return None
 
-    def attention_mask(self, roles: torch.Tensor, dtype: torch.dtype, cache: dict) -> torch.Tensor | BlockMask:
-        """The decoder's mask for these rows, built once per (kernel, dtype, device) into ``cache``."""
+    def attention_mask(self, roles: torch.Tensor, dtype: torch.dtype, cache: dict,
+                       groups: torch.Tensor | None = None) -> torch.Tensor | BlockMask:
+        """The decoder's mask for these rows, built once per (kernel, dtype, device) into ``cache``. ``groups``:
+        the group ids of packed rows (``anyalign/logprobs.py``), None for one group per row."""
         key = (self.attn_implementation, dtype, roles.device)
         if key not in cache:
-            cache[key] = self._build_mask(roles, dtype)
+            cache[key] = self._build_mask(roles, dtype, groups)
         return cache[key]
 
-    def _build_mask(self, roles: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | BlockMask:
-        if int(roles.max()) <= 1:  # one response per row: a plain padding mask keeps the fast causal kernels
+    def _build_mask(self, roles: torch.Tensor, dtype: torch.dtype,
+                    groups: torch.Tensor | None = None) -> torch.Tensor | BlockMask:
+        if groups is not None and int(groups.max()) <= 0:
+            groups = None  # one group per row: the unpacked rule
+        if groups is None and int(roles.max()) <= 1:  # one response per row: a plain padding mask keeps the fast causal kernels
             return (roles >= 0).long()
         reason = self.shared_layout_unsupported_reason()  # several responses share a row: slots blocked apart
         if reason is not None:
-            raise ValueError(f"this batch puts several responses in one row (the shared layout), but {reason}; "
-                             "set data.layout: concatenated")
+            what = "packs several samples into one row (data.packing)" if groups is not None else \
+                "puts several responses in one row (the shared layout)"
+            fix = "set data.packing: false" if groups is not None else "set data.layout: concatenated"
+            raise ValueError(f"this batch {what}, but {reason}; {fix}")
         if self.attn_implementation == "flex_attention":
-            return attention_block_mask(roles)
-        return attention_mask_4d(roles, dtype)
+            return attention_block_mask(roles, groups)
+        return attention_mask_4d(roles, dtype, groups)
 
     def forward(self, batch: dict, cache: StepCache | None = None) -> SeqLogps:
         """Sequence log-probs of a collated batch. ``cache``: pass the step's ``StepCache`` so a second forward
         on the same batch (the reference's) reuses the slot mask and frozen encoders' features."""
         cache = cache if cache is not None else StepCache()
         embeds = self.embed(batch["input_ids"], batch["media"], cache.features)
-        mask = self.attention_mask(batch["roles"], embeds.dtype, cache.masks)
+        mask = self.attention_mask(batch["roles"], embeds.dtype, cache.masks, batch.get("groups"))
         hidden = self.lm.get_decoder()(inputs_embeds=embeds, attention_mask=mask,
                                        position_ids=batch["position_ids"], use_cache=False).last_hidden_state
         return gather_logps(hidden, self.lm.get_output_embeddings(), batch, self.softcap)

@@ -5,6 +5,9 @@ Layouts:
 - ``concatenated``: two rows per pair, ``prompt | chosen`` and ``prompt | rejected``, media duplicated
   (what other frameworks do; kept as the baseline and the fallback for LMs that cannot take a 4-D mask).
 
+Packing (``data.packing``, either layout): the rows above are "groups", and several groups share one packed
+row up to a token capacity (``pack_rows``), with a ``groups`` tensor keeping them apart in the mask.
+
 A row is ``(prompt_ids, media, [(sequence_name, example_index, response_ids, token_weights), ...])``;
 ``token_weights`` is a list of floats beside ``response_ids`` (from weighted spans, see ``template.py``) or
 ``None`` for all 1.0 (a 3-tuple slot means the same). See ``anyalign/logprobs.py`` for what ``roles``,
@@ -54,52 +57,92 @@ def rows_for(examples: list[dict], layout: str) -> list[tuple]:
     return rows
 
 
+def group_length(row: tuple) -> int:
+    """Tokens of one group (a prompt and its slots): what it takes of a packed row."""
+    prompt, _, slots = row
+    return len(prompt) + sum(len(slot[2]) for slot in slots)
+
+
+def pack_rows(rows: list[tuple], capacity: int) -> list[list[tuple]]:
+    """First-fit decreasing: the groups (``rows_for``'s rows) into as few packed rows of at most ``capacity``
+    tokens as it finds; a group longer than ``capacity`` gets a row of its own (it is never cut). Deterministic:
+    ties keep the groups' order, and each packed row keeps its groups in their batch order."""
+    order = sorted(range(len(rows)), key=lambda i: -group_length(rows[i]))
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        n = group_length(rows[i])
+        for b, free in enumerate(room):
+            if n <= free:
+                bins[b].append(i)
+                room[b] -= n
+                break
+        else:
+            bins.append([i])
+            room.append(capacity - n)
+    return [[rows[i] for i in sorted(b)] for b in sorted(bins, key=min)]
+
+
 def collate_rows(rows: list[tuple], pad_id: int, adapters: dict, num_examples: int,
-                 pad_to_multiple_of: int = 1) -> dict:
-    length = max(len(p) + sum(len(slot[2]) for slot in slots) for p, _, slots in rows)
+                 pad_to_multiple_of: int = 1, pack: int | None = None) -> dict:
+    """``rows`` (one group each) -> the batch tensors. ``pack``: the row capacity in tokens of packed rows
+    (several groups per row, see ``pack_rows``), which adds ``groups`` (each position's group in its row, -1
+    padding); positions restart at 0 in every group. None: one group per row, and no ``groups``."""
+    packed = pack_rows(rows, pack) if pack else [[row] for row in rows]
+    length = max(sum(group_length(g) for g in groups) for groups in packed)
     length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
-    n = len(rows)
+    n = len(packed)
     input_ids = torch.full((n, length), pad_id, dtype=torch.long)
     roles = torch.full((n, length), -1, dtype=torch.long)
     position_ids = torch.zeros((n, length), dtype=torch.long)
     target_seq = torch.full((n, length), -1, dtype=torch.long)
     pred_pos = torch.zeros((n, length), dtype=torch.long)
     token_weights = torch.zeros((n, length), dtype=torch.float32)
+    group_ids = torch.full((n, length), -1, dtype=torch.long) if pack else None
     index: dict[str, list[int]] = {}
     media: dict[str, list] = {}
     seq = 0
-    for r, (prompt, row_media, slots) in enumerate(rows):
-        p = len(prompt)
-        input_ids[r, :p] = torch.tensor(prompt, dtype=torch.long)
-        roles[r, :p] = 0
-        position_ids[r, :p] = torch.arange(p)
-        offset = p
-        for k, (name, example, ids, *weights) in enumerate(slots, start=1):
-            weights = weights[0] if weights else None
-            end = offset + len(ids)
-            input_ids[r, offset:end] = torch.tensor(ids, dtype=torch.long)
-            roles[r, offset:end] = k
-            position_ids[r, offset:end] = torch.arange(p, p + len(ids))
-            target_seq[r, offset:end] = seq
-            if weights is None:
-                token_weights[r, offset:end] = 1.0
-            else:
-                if len(weights) != len(ids):
-                    raise ValueError(f"{name} of example {example}: {len(weights)} token weights for {len(ids)} tokens")
-                token_weights[r, offset:end] = torch.tensor(weights, dtype=torch.float32)
-            pred_pos[r, offset:end] = torch.arange(offset - 1, end - 1)
-            pred_pos[r, offset] = p - 1  # a slot's first token is predicted by the last prompt token
-            index.setdefault(name, [-1] * num_examples)[example] = seq
-            seq += 1
-            offset = end
-        for modality, items in row_media.items():
-            media.setdefault(modality, []).append(items)
-    return {
+    for r, groups in enumerate(packed):
+        start = 0
+        for g, (prompt, row_media, slots) in enumerate(groups):
+            p = len(prompt)
+            input_ids[r, start:start + p] = torch.tensor(prompt, dtype=torch.long)
+            roles[r, start:start + p] = 0
+            position_ids[r, start:start + p] = torch.arange(p)
+            offset = start + p
+            for k, (name, example, ids, *weights) in enumerate(slots, start=1):
+                weights = weights[0] if weights else None
+                end = offset + len(ids)
+                input_ids[r, offset:end] = torch.tensor(ids, dtype=torch.long)
+                roles[r, offset:end] = k
+                position_ids[r, offset:end] = torch.arange(p, p + len(ids))
+                target_seq[r, offset:end] = seq
+                if weights is None:
+                    token_weights[r, offset:end] = 1.0
+                else:
+                    if len(weights) != len(ids):
+                        raise ValueError(f"{name} of example {example}: {len(weights)} token weights for {len(ids)} tokens")
+                    token_weights[r, offset:end] = torch.tensor(weights, dtype=torch.float32)
+                pred_pos[r, offset:end] = torch.arange(offset - 1, end - 1)
+                pred_pos[r, offset] = start + p - 1  # a slot's first token is predicted by the last prompt token
+                index.setdefault(name, [-1] * num_examples)[example] = seq
+                seq += 1
+                offset = end
+            if group_ids is not None:
+                group_ids[r, start:offset] = g
+            start = offset
+            # one item list per group, in row-major order: the order of the placeholder positions they fill
+            for modality, items in row_media.items():
+                media.setdefault(modality, []).append(items)
+    batch = {
         "input_ids": input_ids, "roles": roles, "position_ids": position_ids, "target_seq": target_seq,
         "pred_pos": pred_pos, "token_weights": token_weights, "num_sequences": seq,
         "index": {name: torch.tensor(ix, dtype=torch.long) for name, ix in index.items()},
         "media": {m: adapters[m].collate_samples(groups) for m, groups in media.items()},
     }
+    if group_ids is not None:
+        batch["groups"] = group_ids
+    return batch
 
 
 def conditional_rows(examples: list[dict], corrupted: list[dict]) -> list[tuple]:
@@ -124,20 +167,22 @@ def add_reference(batch: dict, examples: list[dict]) -> None:
 
 class Collator:
     """Picklable collate for the data workers: examples -> batch dict. With ``negatives`` (a validated
-    spec), each pair also gets a row scoring its chosen response under corrupted media."""
+    spec), each pair also gets a row scoring its chosen response under corrupted media. ``pack``: the
+    capacity in tokens of packed rows (``data.packing``), each holding as many of the batch's groups (pairs,
+    and corrupted-media rows) as fit; None: one group per row."""
 
     def __init__(self, layout: str, pad_id: int, adapters: dict, pad_to_multiple_of: int = 1,
-                 negatives: dict | None = None, seed: int = 0):
+                 negatives: dict | None = None, seed: int = 0, pack: int | None = None):
         if layout not in LAYOUTS:
             raise ValueError(f"data.layout={layout!r} is not one of {LAYOUTS}")
         self.layout, self.pad_id, self.adapters, self.multiple = layout, pad_id, adapters, pad_to_multiple_of
-        self.negatives, self.seed = negatives, seed
+        self.negatives, self.seed, self.pack = negatives, seed, pack
 
     def __call__(self, examples: list[dict]) -> dict:
         rows = rows_for(examples, self.layout)
         if self.negatives:
             rows += conditional_rows(examples, corrupt_examples(examples, self.negatives, self.adapters, self.seed))
-        batch = collate_rows(rows, self.pad_id, self.adapters, len(examples), self.multiple)
+        batch = collate_rows(rows, self.pad_id, self.adapters, len(examples), self.multiple, self.pack)
         batch["keys"] = [ex["key"] for ex in examples]
         batch["urls"] = [ex.get("url", "") for ex in examples]
         if "digest" in examples[0]:

@@ -18,7 +18,8 @@ from .negatives import reliance_spec
 from .loading import (Compose, EpochLoader, EqualBatches, check_sample_kind, count_samples, expand_shards,
                       idle_readers, resume_position)
 from .scan import example_stages, preflight
-from .pipeline import PreferenceStream, batched, check_kind, decode, rank_and_world, tokenize, unpair, worker_init
+from .pipeline import (PreferenceStream, batched, check_kind, decode, pack_order, rank_and_world, tokenize, unpair,
+                       worker_init)
 from .template import PreferenceTokenizer
 
 log = logging.getLogger("anyalign")
@@ -41,6 +42,7 @@ class PreferenceDataModule(L.LightningDataModule):
         unpair: bool = False,
         seed: int = 0,
         preflight_max_bad_fraction: float | None = None,
+        packing: bool | int = False,
     ):
         """
         Args:
@@ -60,6 +62,12 @@ class PreferenceDataModule(L.LightningDataModule):
             seed: shuffling seed (shards per epoch and the sample buffer).
             preflight_max_bad_fraction: scan all training shards before training and fail, listing bad keys,
                 if more than this fraction of samples is bad; None skips the scan.
+            packing: packed rows (padding-free): ``true`` puts several pairs (each a prompt and its responses,
+                in either layout) into one row of up to ``max_length`` tokens, an integer into rows of up to that
+                many tokens; each pair attends only to itself and its positions restart at 0, so its log-probs
+                are those of its own row. ``batch_size`` still counts pairs: each batch's pairs go into as few
+                rows as fit (a pair longer than a row gets one of its own). Models that build their own masks
+                (pretrained families) train unpacked, with a warning.
         """
         super().__init__()
         if batch_size < 1:
@@ -68,6 +76,8 @@ class PreferenceDataModule(L.LightningDataModule):
             raise ValueError(f"data.layout={layout!r} is not one of {LAYOUTS}")
         if max_length < 2:
             raise ValueError(f"data.max_length must be >= 2, got {max_length}")
+        if packing is not True and packing is not False and (not isinstance(packing, int) or packing < 2):
+            raise ValueError(f"data.packing must be true, false or a row length in tokens >= 2, got {packing!r}")
         if preflight_max_bad_fraction is not None and not 0 <= preflight_max_bad_fraction <= 1:
             raise ValueError(f"data.preflight_max_bad_fraction must be in [0, 1], got {preflight_max_bad_fraction}")
         self.train_urls = expand_shards(train_shards, "data.train_shards")
@@ -76,6 +86,7 @@ class PreferenceDataModule(L.LightningDataModule):
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
         self.num_workers, self.shuffle_buffer, self.max_length = num_workers, shuffle_buffer, max_length
         self.layout, self.pad_to_multiple_of = layout, pad_to_multiple_of
+        self.packing = packing
         self.samples_per_epoch, self.seed, self.unpair = samples_per_epoch, seed, unpair
         self.model, self.reference_stages = None, []
         self.negatives, self.train_negatives, self.unpaired = None, False, False
@@ -99,6 +110,13 @@ class PreferenceDataModule(L.LightningDataModule):
             log.warning("data.layout=shared needs a 4-D attention mask, but %s: training with data.layout="
                         "concatenated (prompt and media duplicated per response)", reason)
             self.layout = "concatenated"
+        if self.packing:
+            why = (model.shared_layout_unsupported_reason() if getattr(model, "supports_packing", False) else
+                   f"{type(model).__name__} builds its own attention masks and does not take packed rows")
+            if why is not None:
+                log.warning("data.packing needs packed rows kept apart by a 4-D attention mask, but %s: training "
+                            "unpacked rows (data.packing: false)", why)
+                self.packing = False
         self.reference_stages = reference.bind_data(self) if reference is not None else []
 
     def reference_fingerprint(self, sequences: list[str]) -> dict:
@@ -107,6 +125,13 @@ class PreferenceDataModule(L.LightningDataModule):
         if any(SEQUENCES[s].corrupted_media for s in sequences):  # their corruption is drawn from (seed, key)
             fp |= {"seed": self.seed, "negatives": {m: [list(x) for x in ops] for m, ops in (self.negatives or {}).items()}}
         return fp
+
+    @property
+    def pack_length(self) -> int | None:
+        """Tokens per packed row, or None when rows are not packed."""
+        if not self.packing:
+            return None
+        return self.max_length if self.packing is True else int(self.packing)
 
     def all_urls(self) -> list[str]:
         return list(dict.fromkeys(self.train_urls + self.val_urls + self.test_urls))
@@ -138,13 +163,17 @@ class PreferenceDataModule(L.LightningDataModule):
         # a pretrained family brings its own (its processor expands the placeholders and processes the media)
         make = getattr(m, "preference_tokenizer", None)
         tok = make(self.max_length) if make else PreferenceTokenizer(m.tokenizer, m.media_token_ids, self.max_length)
-        collate = Collator(self.layout, m.tokenizer.pad_token_id, adapters, self.pad_to_multiple_of, negatives, self.seed)
+        pack = self.pack_length
+        collate = Collator(self.layout, m.tokenizer.pad_token_id, adapters, self.pad_to_multiple_of, negatives, self.seed,
+                           pack)
         return Compose([
             partial(decode, adapters=adapters, digest=digest or bool(self.reference_stages)),  # raw sample -> media tensors
             *([unpair] if self.unpair else []),                    # pair -> two unpaired samples
             partial(check_kind, unpaired=self.unpaired),           # the other kind of sample is bad
             partial(tokenize, tokenizer=tok, adapters=adapters),   # -> token ids, placeholders expanded
             *self.reference_stages,                                # e.g. stored reference values
+            *([partial(pack_order, batch_size=batch_size, capacity=pack)]  # batches that fill packed rows
+              if pack and batch_size > 1 else []),
             partial(batched, batch_size=batch_size, collate=collate),  # examples -> batches
         ])
 

@@ -204,6 +204,53 @@ def attach_reference(src: Iterator, lookup: Callable[[str, str, str], dict]) -> 
         yield ex
 
 
+def example_length(ex: dict) -> int:
+    """Tokens of an example's group in a row: its prompt (media expanded) and its responses."""
+    return len(ex["prompt"]) + sum(len(ids) for ids in ex["responses"].values())
+
+
+def pack_order(src: Iterator, batch_size: int, capacity: int, buffer: int = 2) -> Iterator[dict | Skipped]:
+    """For packed rows (``data.packing``): reorder examples inside a window of ``buffer`` batches so that each
+    run of ``batch_size`` examples (the next stage's batch) fills packed rows of ``capacity`` tokens: a batch
+    starts a row with its longest example and fills the row with the longest that still fit (greedy by length),
+    then starts the next row, until it holds ``batch_size`` examples. An example waits at most ``buffer``
+    batches (then it goes first), so none is held back for long; every example comes out once, ``Skipped``
+    records pass at once, and the order depends on the stream only (seeded shuffling stays reproducible)."""
+    window, made, arrived = [], 0, 0  # window: (arrival, batch number at arrival, example)
+
+    def one_batch() -> list[dict]:
+        nonlocal made
+        due = sorted((x for x in window if made - x[1] >= buffer), key=lambda x: x[0])
+        rest = sorted((x for x in window if made - x[1] < buffer), key=lambda x: (-example_length(x[2]), x[0]))
+        chosen, room = [], 0
+        for x in due[:batch_size]:  # overdue examples first, each opening a row or filling the open one
+            n = example_length(x[2])
+            room = room - n if n <= room else capacity - n
+            chosen.append(x)
+        while len(chosen) < batch_size and rest:
+            fit = next((x for x in rest if example_length(x[2]) <= room), None)
+            x = fit if fit is not None else rest[0]  # nothing fits: the longest opens a new row
+            rest.remove(x)
+            n = example_length(x[2])
+            room = room - n if fit is not None else capacity - n
+            chosen.append(x)
+        ids = {id(x) for x in chosen}
+        window[:] = [x for x in window if id(x) not in ids]
+        made += 1
+        return [x[2] for x in chosen]
+
+    for x in src:
+        if isinstance(x, Skipped):
+            yield x
+            continue
+        window.append((arrived, made, x))
+        arrived += 1
+        if len(window) >= buffer * batch_size:
+            yield from one_batch()
+    while window:
+        yield from one_batch()
+
+
 def batched(src: Iterator, batch_size: int, collate: Callable[[list], dict]) -> Iterator[dict]:
     """Examples -> collated batches (the stream changes shape here). ``Skipped`` records ride along in
     ``batch["skipped"]``; the last partial batch is kept, and a stream of only bad samples still yields
