@@ -16,6 +16,12 @@ errors are reported in words first, decord's own text shortened after them.
 
 Clips may yield different frame counts, so a batch is a dict of all frames concatenated plus per-item counts,
 and ``forward`` returns one ``[tokens_i, hidden]`` per item.
+
+Time: by default a frame's tokens carry nothing that says where the frame is in the clip (a reversed clip
+is the same tokens in another order). ``frame_deltas`` (each frame's change since the previous one, added
+or concatenated) and ``time_embedding`` (a sinusoidal or learned code of the frame's index, added before
+the projector) mark it; ``docs/methods.md``, "Time in video", has what each does and what they measure on
+a task decided by the order of frames (``tools/make_order_data.py``).
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ import re
 
 import numpy as np
 import torch
+from torch import nn
 
 from .base import BadSample, ModalityAdapter, freeze, mlp_projector
 from .corruptions import VIDEO_OPS
@@ -285,6 +292,21 @@ def _sample(vr, n: int, num_frames: int, fps: float | None, keyframes: bool) -> 
     return sample_by_time(starts, end, num_frames, fps, keys)
 
 
+FRAME_DELTAS = ("none", "add", "concat")
+TIME_EMBEDDINGS = ("none", "sinusoidal", "learned")
+
+
+def sinusoid(steps: int, dim: int, base: float = 10000.0) -> torch.Tensor:
+    """``[steps, dim]`` sinusoidal codes of the indices ``0 .. steps - 1`` (Vaswani et al. 2017): sines in the
+    even dimensions, cosines in the odd ones, wavelengths from 2 pi to ``base`` * 2 pi; values in [-1, 1]."""
+    pos = torch.arange(steps, dtype=torch.float32)[:, None]
+    freq = base ** (-torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+    out = torch.zeros(steps, dim)
+    out[:, 0::2] = torch.sin(pos * freq)
+    out[:, 1::2] = torch.cos(pos * freq[: dim // 2])
+    return out
+
+
 class VideoAdapter(ModalityAdapter):
     placeholder = "<video>"
     operators = VIDEO_OPS
@@ -303,6 +325,8 @@ class VideoAdapter(ModalityAdapter):
         freeze_projector: bool = False,
         trust_remote_code: bool = False,
         keyframes: bool = False,
+        frame_deltas: str = "none",
+        time_embedding: str = "none",
     ):
         """
         Args:
@@ -318,10 +342,26 @@ class VideoAdapter(ModalityAdapter):
             keyframes: let a sample move to a keyframe inside its segment (or within ``1 / fps`` of its time),
                 so it decodes one frame instead of every frame since the previous keyframe: several times
                 faster on long clips (``tools/bench_decode.py``), frames no longer at the exact segment centres.
+            frame_deltas: give each frame's tokens what changed since the previous sampled frame (the change of
+                their encoder features; none for the first frame), so the direction of time reaches the LM in
+                every frame's own tokens: ``none``; ``add`` (features + change, same projector);
+                ``concat`` (features and change side by side, a projector twice as wide at its input). For
+                questions whose answer is in the order of frames (``docs/methods.md``, "Time in video").
+            time_embedding: a code of each frame's index among the sampled frames added to its encoder features,
+                before the projector: ``none``; ``sinusoidal`` (fixed, as a transformer's positions);
+                ``learned`` (one trained vector per index, starting at zero, trained with the projector). The
+                index is the frame's place among the sampled frames (after ``temporal_pool``): with ``fps``
+                it counts ``1 / fps`` seconds from the start (while the clip has a new frame for every
+                sample), uniformly sampled the clip's equal segments.
         """
         super().__init__()
         if num_frames < 1 or temporal_pool < 1:
             raise ValueError("num_frames and temporal_pool must be >= 1")
+        if frame_deltas not in FRAME_DELTAS:
+            raise ValueError(f"frame_deltas must be one of {FRAME_DELTAS}, not {frame_deltas!r}")
+        if time_embedding not in TIME_EMBEDDINGS:
+            raise ValueError(f"time_embedding must be one of {TIME_EMBEDDINGS}, not {time_embedding!r}")
+        self.frame_deltas, self.time_embedding = frame_deltas, time_embedding
         self.tower = VisionTower(encoder, spatial_pool, trust_remote_code)
         self.num_frames, self.fps, self.temporal_pool = num_frames, fps, temporal_pool
         self.keyframes = keyframes
@@ -331,8 +371,39 @@ class VideoAdapter(ModalityAdapter):
         self.projector = None
 
     def bind(self, lm_hidden_size: int) -> None:
-        self.projector = mlp_projector(self.tower.hidden_size, lm_hidden_size, self.projector_depth)
+        width = self.tower.hidden_size * (2 if self.frame_deltas == "concat" else 1)
+        self.projector = mlp_projector(width, lm_hidden_size, self.projector_depth)
         freeze(self.projector, self.freeze_projector)
+        if self.time_embedding == "learned":
+            # a plain parameter, not a child module: a frozen reference copy shares the policy's frozen child modules
+            # (all but ``projector``) and must keep its own frame times. Zeros: no random draw, so the projector and
+            # everything built after it start as without the option
+            self.frame_time = nn.Parameter(torch.zeros(self.max_time_steps, self.tower.hidden_size),
+                                           requires_grad=not self.freeze_projector)
+
+    @property
+    def max_time_steps(self) -> int:
+        """The most frames a clip brings to the LM: ``num_frames`` after temporal pooling."""
+        return math.ceil(self.num_frames / self.temporal_pool)
+
+    def encoder_frozen(self) -> bool:
+        """As the base class, with the learned frame times on the projector side (``project`` adds them)."""
+        trained = {id(p) for p in self.projector.parameters()} if self.projector is not None else set()
+        if self.time_embedding == "learned":
+            trained.add(id(self.frame_time))
+        return not any(p.requires_grad for p in self.parameters() if id(p) not in trained)
+
+    def add_time(self, clip: torch.Tensor) -> torch.Tensor:
+        """One clip's features ``[frames * tokens, width]`` plus each (pooled) frame's time code on its first
+        ``hidden`` dimensions (the features; with ``frame_deltas: concat`` the changes that follow them get none)."""
+        frames = clip.view(-1, self.tower.tokens_per_image, clip.shape[-1])  # [frames, tokens, width]
+        hidden = self.tower.hidden_size
+        if self.time_embedding == "learned":
+            codes = self.frame_time[: len(frames)].to(clip.dtype)
+        else:
+            codes = sinusoid(len(frames), hidden).to(clip)
+        codes = nn.functional.pad(codes, (0, clip.shape[-1] - hidden))[:, None]  # zeros over the changes
+        return (frames + codes).flatten(0, 1)
 
     def decode(self, data: bytes, ext: str) -> np.ndarray:
         # never scaled up while decoding: preprocess resizes the kept frames
@@ -366,6 +437,9 @@ class VideoAdapter(ModalityAdapter):
         feats = self.tower(batch["pixels"])  # [all frames, tokens, encoder hidden]
         clips = []
         for clip in feats.split(batch["frames"].tolist()):
+            if self.frame_deltas != "none":  # before pooling: a pooled frame keeps the mean change inside it
+                delta = torch.cat([torch.zeros_like(clip[:1]), clip[1:] - clip[:-1]])
+                clip = clip + delta if self.frame_deltas == "add" else torch.cat([clip, delta], -1)
             if self.temporal_pool > 1:
                 pad = -len(clip) % self.temporal_pool  # repeat the last frame to fill the last group
                 clip = torch.cat([clip, clip[-1:].expand(pad, -1, -1)]) if pad else clip
@@ -375,6 +449,8 @@ class VideoAdapter(ModalityAdapter):
 
     def project(self, clips: list[torch.Tensor]) -> list[torch.Tensor]:
         # pool first, project once: the projector runs on the pooled tokens only
+        if self.time_embedding != "none":
+            clips = [self.add_time(c) for c in clips]
         return list(self.projector(torch.cat(clips)).split([len(c) for c in clips]))
 
     def export(self, directory) -> dict:

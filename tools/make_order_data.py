@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 SIZE, FRAMES, FPS = 64, 16, 8
+SIDE = (24, 32)  # the square's side in pixels: big enough that a tiny encoder's patches see where it is
 MTIME = 1_700_000_000
 DIRECTIONS = ("Left to right.", "Right to left.")
 PROMPTS = ["<video>\nWhich way does the square move?",
@@ -45,9 +46,9 @@ PROMPTS = ["<video>\nWhich way does the square move?",
 
 def clip_frames(rng: random.Random, forward: bool) -> np.ndarray:
     """uint8 ``[FRAMES, SIZE, SIZE, 3]``: a square moving left to right, reversed in time when not ``forward``."""
-    side = rng.randint(12, 20)
-    x0 = rng.uniform(0, SIZE * 0.25)
-    x1 = rng.uniform(SIZE * 0.75 - side, SIZE - side)
+    side = rng.randint(*SIDE)
+    x0 = rng.uniform(0, SIZE * 0.125)
+    x1 = rng.uniform(SIZE * 0.875 - side, SIZE - side)
     y = rng.uniform(0, SIZE - side)
     ease = rng.random() < 0.5  # linear or smoothstep speed
     fg = np.array([rng.randint(170, 255) for _ in range(3)], np.float32)
