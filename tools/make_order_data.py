@@ -17,8 +17,8 @@ Writes ``OUT/train-000.tar .. train-{shards-1}.tar`` and ``OUT/val-000.tar`` (We
     python -m anyalign fit --config configs/video_dpo.yaml --data.train_shards '/tmp/order/train-{000..001}.tar' \\
         --data.val_shards /tmp/order/val-000.tar --model.adapters.video.init_args.time_embedding learned
 
-Nothing is committed: the shards are rebuilt in seconds (tests/test_video_time.py builds a small set in a
-temporary directory; tools/bench_video_time.py measures the time-embedding variants on it).
+Nothing is committed: the shards are rebuilt in seconds. ``tools/bench_video_time.py`` measures the ways of
+marking time in the video adapter on them (``docs/methods.md``, "Time in video").
 """
 from __future__ import annotations
 
