@@ -3,24 +3,27 @@
     python -m anyalign bdhs --config configs/tools/video_bdhs.yaml
     python -m anyalign bdhs --config configs/tools/video_bdhs.yaml --model runs/sft/export --output data/bdhs
 
-After Amirloo et al., "Understanding Alignment in Multimodal LLMs: A Comprehensive Study" (Apple, 2024): the
-reference model answers again with its access to the media restricted (attention to a random fraction of the
-media tokens is blocked inside the LM, so its language prior takes over), continuing from a prefix of the chosen
-response so the style stays close. A candidate too similar to the chosen response (a pluggable similarity,
-``similarity.class_path``) is resampled, up to ``max_tries`` times. Every modality an adapter reads works alike:
-the blocked positions are the placeholder positions of the prompt, whatever their modality.
+After Amirloo et al., "Understanding Alignment in Multimodal LLMs: A Comprehensive Study" (Apple, 2024; arXiv
+2407.02477, Sec. 3.4 and Algorithm 1 in App. E.3): the model answers again with its access to the media restricted
+(attention to a random share of the media tokens is blocked inside the LM, so its language prior takes over). Each
+sentence of the chosen response is cut at a random point and completed by the model after the chosen response's own
+earlier sentences, so the style stays close; a leading yes/no may be swapped first. A candidate too similar to the
+chosen response (a pluggable similarity, ``similarity.class_path``) is resampled with a new mask and new split
+points, up to ``max_tries`` times; by default the last try is a whole response without the chosen text, kept
+whatever its similarity. Every modality an adapter reads works alike: the blocked positions are the placeholder
+positions of the prompt, whatever their modality.
 
 Input shards hold prompt + chosen (+ media; a ``rejected`` is ignored and replaced). Each output shard has the
 input shard's name; every member of a sample is copied byte for byte except ``KEY.json``, whose ``rejected`` is
-set (its other fields kept). A sample that cannot be read is left out and reported, and so (by default) is one
-whose every candidate was too similar. ``bdhs.json`` beside the
-shards holds the settings, the per-sample tries and similarities, and the histogram of tries.
+set (its other fields kept). A sample that cannot be read is left out and reported (and, with ``exhausted: drop``,
+one whose every candidate was too similar). ``bdhs.json`` beside the shards holds the settings, the per-sample
+tries and similarities, and the histogram of tries.
 
 Config keys (a YAML file; any key also as ``--key value``): ``model`` (an export) or ``model_config`` (a training
 config: the model it builds, optionally with ``ckpt_path``), ``input`` (shards: paths or brace patterns),
-``output`` (a directory), ``exhausted`` (``drop``: a sample still too similar after ``max_tries`` is left out,
-the default; ``keep``: written with its least similar candidate), ``mask_fraction``, ``prefix_fraction``, ``threshold``, ``max_tries``,
-``similarity``, ``temperature``, ``stop``, ``top_p``, ``max_new_tokens``, ``batch_size``, ``seed``. See docs/methods.md.
+``output`` (a directory), ``mask_fraction``, ``prefix_fraction``, ``sentences``, ``swap_yes_no``, ``threshold``,
+``max_tries``, ``exhausted`` (``unguided``, ``drop`` or ``keep``), ``similarity``, ``temperature``, ``top_p``,
+``stop``, ``max_new_tokens``, ``batch_size``, ``seed``. Defaults and their sources: docs/bdhs.md.
 """
 from __future__ import annotations
 
@@ -44,11 +47,20 @@ from modalities.base import BadSample
 
 from .commands import ConfigError
 
+# The paper's values where it gives one (arXiv 2407.02477v1, Sec. 3.4 and App. E.3); see docs/bdhs.md.
 DEFAULTS = {
-    "mask_fraction": 0.9, "prefix_fraction": 0.5, "threshold": 0.9, "max_tries": 5, "temperature": 1.0,
-    "top_p": 0.9, "stop": [], "max_new_tokens": 48, "batch_size": 8, "seed": 0,
-    "similarity": {"class_path": "anyalign.bdhs.TokenOverlap"}, "exhausted": "drop",
+    "mask_fraction": 0.99,       # rho_th = 0.99 (Sec. 3.4.1, footnote 2: final results)
+    "prefix_fraction": "random",  # a random split position in each sentence (Sec. 3.4.2; Algorithm 1, line 14)
+    "sentences": True,           # each sentence of the chosen response completed on its own (Sec. 3.4.2)
+    "swap_yes_no": 0.5,          # a leading yes/no swapped with probability 0.5 (Sec. 3.4.2)
+    "threshold": 0.97,           # epsilon_s = 0.97, cosine of all-mpnet-base-v2 embeddings (Sec. 3.4.3, footnote 3)
+    "max_tries": 5,              # N_BDHS = 5 (Sec. 3.4.4, App. E.2)
+    "exhausted": "unguided",     # the last try is a full response without the chosen text, kept (Algorithm 1, l. 5-7)
+    "temperature": 1.0, "top_p": 0.9,  # the paper does not give its sampling settings
+    "stop": [], "max_new_tokens": 48, "batch_size": 8, "seed": 0,
+    "similarity": {"class_path": "anyalign.bdhs.TokenOverlap"},  # the paper's model needs a download: opt-in
 }
+EXHAUSTED = ("unguided", "drop", "keep")
 
 
 # ------------------------------------------------------------------------------------------ similarity tests
@@ -139,8 +151,9 @@ class Outcome:
     rejected: str
     tries: int
     similarity: float
-    accepted: bool               # False: every try was too similar; the least similar candidate is kept
-    prefix: str = ""
+    accepted: bool               # False: every try was too similar (exhausted: drop/keep); unguided: always True
+    prefix: str = ""             # the chosen text the accepted candidate continues (sentence heads joined by " | ")
+    guided: bool = True          # False: the unguided last try (exhausted: unguided)
     history: list = field(default_factory=list)  # (candidate, similarity) per try
 
 
@@ -151,17 +164,49 @@ def media_positions(model, ids: list[int]) -> list[int]:
 
 
 def choose_blocked(positions: list[int], fraction: float, gen: torch.Generator) -> list[int]:
-    """A random ``round(fraction * len(positions))`` of the positions (all for 1.0, none for 0.0)."""
-    k = int(round(fraction * len(positions)))
-    order = torch.randperm(len(positions), generator=gen)[:k].tolist()
-    return sorted(positions[i] for i in order)
+    """Each position blocked on its own with probability ``fraction`` (the paper's eq. 6: token i stays visible
+    iff u_i >= rho_th, u_i ~ U(0, 1), rho_th = ``fraction``): all for 1.0, none for 0.0."""
+    if not positions:
+        return []
+    u = torch.rand(len(positions), generator=gen)
+    return [p for p, ui in zip(positions, u.tolist()) if ui < fraction]
 
 
-def chosen_prefix(chosen: str, fraction: float) -> str:
+_SENTENCE = re.compile(r"\S.*?(?:[.!?]+(?=\s|$)|\Z)", re.S)
+_YES_NO = re.compile(r"^(\s*)(Yes|yes|No|no)\b")
+_SWAP = {"Yes": "No", "yes": "no", "No": "Yes", "no": "yes"}
+
+
+def sentences(text: str) -> list[tuple[int, int]]:
+    """``(start, end)`` of each sentence of ``text`` (ends after ``.``, ``!`` or ``?`` followed by a space or the
+    end; the rest of the text is the last sentence)."""
+    return [m.span() for m in _SENTENCE.finditer(text)]
+
+
+def split_point(text: str, fraction, gen: torch.Generator | None = None) -> str:
+    """The head of ``text`` a candidate continues: its first k words with their original spacing. ``fraction``
+    a number: k = floor(fraction * words); ``"random"`` (the paper): k uniform in 0 .. words - 1, so at least the
+    last word is generated."""
+    spans = [m.span() for m in re.finditer(r"\S+", text)]
+    if fraction == "random":
+        k = int(torch.randint(len(spans), (), generator=gen)) if spans else 0
+    else:
+        k = int(math.floor(float(fraction) * len(spans)))
+    return text[: spans[k - 1][1]] if k > 0 else ""
+
+
+def chosen_prefix(chosen: str, fraction) -> str:
     """The first ``floor(fraction * words)`` words of the chosen response, with their original spacing."""
-    spans = [m.span() for m in re.finditer(r"\S+", chosen)]
-    k = int(math.floor(fraction * len(spans)))
-    return chosen[: spans[k - 1][1]] if k > 0 else ""
+    return split_point(chosen, fraction)
+
+
+def swap_yes_no(text: str, probability: float, gen: torch.Generator) -> str:
+    """With ``probability``, a leading Yes/yes/No/no replaced by its counterpart (the paper's heuristic for short
+    answers that the rest of the sentence would give away)."""
+    m = _YES_NO.match(text)
+    if not m or probability <= 0 or float(torch.rand((), generator=gen)) >= probability:
+        return text
+    return text[: m.start(2)] + _SWAP[m.group(2)] + text[m.end(2):]
 
 
 def _cut_after(text: str, start: int, stop: list[str]) -> str:
@@ -170,39 +215,85 @@ def _cut_after(text: str, start: int, stop: list[str]) -> str:
     return text[: min(ends)] if ends else text
 
 
+def _plan(item: dict, settings: dict, gen: torch.Generator) -> list[tuple[str, str]]:
+    """One guided try of one sample: per piece to generate, ``(context, head)``: the chosen text before the piece
+    (kept verbatim) and the head of the piece the model continues. ``sentences``: one piece per sentence of the
+    chosen response, each after the chosen response's own earlier sentences (the paper); else the whole response
+    is one piece. Split points (and the yes/no swap) are drawn again on every try."""
+    chosen = item["chosen"]
+    spans = sentences(chosen) if settings.get("sentences", True) else [(0, len(chosen))]
+    spans = spans or [(0, len(chosen))]
+    plan = []
+    for s, e in spans:
+        piece = swap_yes_no(chosen[s:e], float(settings.get("swap_yes_no", 0.0)), gen)
+        head = split_point(piece, settings["prefix_fraction"], gen)
+        plan.append((chosen[:s], head))
+    return plan
+
+
+def _assemble(chosen: str, settings: dict, pieces: list[str]) -> str:
+    spans = sentences(chosen) if settings.get("sentences", True) else [(0, len(chosen))]
+    spans = spans or [(0, len(chosen))]
+    out, last = "", 0
+    for (s, e), piece in zip(spans, pieces):
+        out += chosen[last:s] + piece
+        last = e
+    return out + (chosen[last:] if last < len(chosen) and not chosen[last:].strip() else "")
+
+
 def sample_rejected(model, items: list[dict], settings: dict, similarity: Similarity,
                     gen: torch.Generator, rng: torch.Generator | None) -> list[Outcome]:
     """BDHS for a batch: ``items`` are ``{"prepared": generation.prepare(...), "chosen": str}``. Each try generates
-    the still-open samples together, each with its own random blocked media positions."""
+    every piece of the still-open samples together, each sample with its own random blocked media positions
+    (drawn again on every try, as are the split points). With ``exhausted: unguided`` and ``max_tries`` > 1 the
+    last try generates the whole response without the chosen text and keeps it whatever its similarity (the
+    paper's Algorithm 1)."""
     from .generation import GenerationConfig, generate_batch
     tok = model.tokenizer
-    cfg = GenerationConfig(settings["max_new_tokens"], settings["temperature"], settings["top_p"], [],
-                           settings["seed"], len(items))
-    prefixes = [chosen_prefix(it["chosen"], settings["prefix_fraction"]) for it in items]
-    prefix_ids = [tok(p, add_special_tokens=False)["input_ids"] if p else [] for p in prefixes]
-    ready = [{**it["prepared"], "ids": list(it["prepared"]["ids"]) + pids} for it, pids in zip(items, prefix_ids)]
-    # compared: what follows the shared prefix (identical by construction) in the chosen and in the candidate
-    refs = [it["chosen"][len(p):] for it, p in zip(items, prefixes)]
+    user_stop = list(settings.get("stop") or [])
+    piece_stop = sorted(set(["."] + user_stop)) if settings.get("sentences", True) else user_stop
     best: list[Outcome | None] = [None] * len(items)
     open_ = list(range(len(items)))
-    for attempt in range(1, settings["max_tries"] + 1):
+    tries = int(settings["max_tries"])
+    for attempt in range(1, tries + 1):
         if not open_:
             break
-        batch = [ready[i] for i in open_]
-        blocked = [choose_blocked(media_positions(model, p["ids"]), settings["mask_fraction"], gen) for p in batch]
-        out = generate_batch(model, batch, cfg, use_cache=True, rng=rng, blocked=blocked)
-        texts = [tok.decode(prefix_ids[i] + o, skip_special_tokens=True) for i, o in zip(open_, out)]
-        texts = [_cut_after(t, len(prefixes[i]), settings.get("stop") or []) for i, t in zip(open_, texts)]
-        tails = [t[len(prefixes[i]):] for i, t in zip(open_, texts)]
-        sims = similarity([refs[i] for i in open_], tails)
+        unguided = settings.get("exhausted") == "unguided" and tries > 1 and attempt == tries
+        rows, owners, plans = [], [], {}
+        for i in open_:
+            prepared = items[i]["prepared"]
+            blocked = choose_blocked(media_positions(model, prepared["ids"]), settings["mask_fraction"], gen)
+            plans[i] = [("", "")] if unguided else _plan(items[i], settings, gen)
+            for context, head in plans[i]:
+                ctx = context + head
+                ctx_ids = tok(ctx, add_special_tokens=False)["input_ids"] if ctx else []
+                rows.append(({**prepared, "ids": list(prepared["ids"]) + ctx_ids}, blocked, ctx, ctx_ids))
+                owners.append(i)
+        stop = user_stop if unguided else piece_stop
+        cfg = GenerationConfig(settings["max_new_tokens"], settings["temperature"], settings["top_p"], stop,
+                               settings["seed"], len(rows))
+        out = generate_batch(model, [r[0] for r in rows], cfg, use_cache=True, rng=rng, blocked=[r[1] for r in rows])
+        pieces: dict[int, list[str]] = {i: [] for i in open_}
+        fresh: dict[int, bool] = {i: False for i in open_}
+        for (_, _, ctx, ctx_ids), o, i in zip(rows, out, owners):
+            full = tok.decode(ctx_ids + o, skip_special_tokens=True)
+            new = full[len(ctx):] if full.startswith(ctx) else tok.decode(o, skip_special_tokens=True)
+            new = _cut_after(new, 0, stop)
+            fresh[i] = fresh[i] or bool(new.strip())
+            head = plans[i][len(pieces[i])][1]
+            pieces[i].append(head + new)
+        texts = {i: (pieces[i][0].strip() if unguided else _assemble(items[i]["chosen"], settings, pieces[i]))
+                 for i in open_}
+        sims = similarity([items[i]["chosen"] for i in open_], [texts[i] for i in open_])
         still = []
-        for i, text, tail, sim in zip(open_, texts, tails, sims):
-            sim = 1.0 if not tail.strip() else float(sim)  # nothing new said: as similar as can be
-            prev = best[i]
+        for i, sim in zip(open_, sims):
+            sim = 1.0 if not fresh[i] else float(sim)  # nothing new said: as similar as can be
+            text, prev = texts[i], best[i]
             history = (prev.history if prev else []) + [(text, round(sim, 4))]
-            ok = sim < settings["threshold"]
+            ok = unguided or sim < settings["threshold"]
+            prefix = " | ".join(h for _, h in plans[i])
             if ok or prev is None or sim < prev.similarity:  # the accepted one, else the least similar so far
-                best[i] = Outcome(text, attempt, sim, ok, prefixes[i], history)
+                best[i] = Outcome(text, attempt, sim, ok, prefix, not unguided, history)
             else:
                 best[i].tries, best[i].history = attempt, history
             if not ok:
@@ -283,12 +374,17 @@ def load_settings(argv: list[str]) -> dict:
     p.add_argument("--input", nargs="+", help="input shards (paths, brace patterns)")
     p.add_argument("--output", help="output directory")
     for k, v in DEFAULTS.items():
-        if k not in ("similarity", "stop", "exhausted"):
+        if k not in ("similarity", "stop", "exhausted", "prefix_fraction", "sentences"):
             p.add_argument(f"--{k}", type=type(v))
+    p.add_argument("--prefix_fraction", help="'random' (a random split point per sentence and try) or a number in "
+                                             "[0, 1] (that share of each sentence's words)")
+    p.add_argument("--sentences", choices=["true", "false"],
+                   help="complete each sentence of the chosen response on its own (true) or the whole response")
     p.add_argument("--stop", action="append", help="a stop string (repeatable): the candidate ends after it")
-    p.add_argument("--exhausted", choices=["drop", "keep"],
-                   help="a sample still too similar after max_tries: left out (drop) or written with its least "
-                        "similar candidate (keep)")
+    p.add_argument("--exhausted", choices=list(EXHAUSTED),
+                   help="the last try: a full response without the chosen text, kept (unguided); or a sample still "
+                        "too similar after max_tries is left out (drop) or written with its least similar "
+                        "candidate (keep)")
     p.add_argument("--similarity", help="class_path of the similarity test (init_args: in the config)")
     a = p.parse_args(argv)
     settings = {"model": None, "model_config": None, "ckpt_path": None, "input": None, "output": None,
@@ -319,11 +415,19 @@ def load_settings(argv: list[str]) -> dict:
         raise ConfigError("bdhs needs `model` (an export) or `model_config` (a training config)")
     if not settings["input"] or not settings["output"]:
         raise ConfigError("bdhs needs `input` (shards) and `output` (a directory)")
-    for k in ("mask_fraction", "prefix_fraction"):
+    if isinstance(settings["sentences"], str):
+        settings["sentences"] = settings["sentences"].lower() == "true"
+    pf = settings["prefix_fraction"]
+    if pf != "random":
+        try:
+            settings["prefix_fraction"] = pf = float(pf)
+        except (TypeError, ValueError):
+            raise ConfigError(f"prefix_fraction must be 'random' or a number in [0, 1], got {pf!r}") from None
+    for k in ("mask_fraction", "swap_yes_no") + (() if pf == "random" else ("prefix_fraction",)):
         if not 0 <= float(settings[k]) <= 1:
             raise ConfigError(f"{k} must be in [0, 1], got {settings[k]}")
-    if settings["exhausted"] not in ("drop", "keep"):
-        raise ConfigError(f"exhausted must be 'drop' or 'keep', got {settings['exhausted']!r}")
+    if settings["exhausted"] not in EXHAUSTED:
+        raise ConfigError(f"exhausted must be one of {list(EXHAUSTED)}, got {settings['exhausted']!r}")
     if int(settings["max_tries"]) < 1:
         raise ConfigError(f"max_tries must be >= 1, got {settings['max_tries']}")
     return settings
@@ -380,21 +484,24 @@ def run(settings: dict, model=None, log=print) -> dict:
                     if o.accepted or settings["exhausted"] == "keep":
                         kept.append(with_rejected(members, o.rejected))
                     per_sample[f"{Path(url).name}/{key}"] = {"tries": o.tries, "similarity": round(o.similarity, 4),
-                                                            "accepted": o.accepted, "rejected": o.rejected}
+                                                            "accepted": o.accepted, "guided": o.guided,
+                                                            "rejected": o.rejected}
             target = out_dir / Path(url).name
             write_tar(target, kept)
             shards.append(str(target))
             log(f"[anyalign] bdhs: {target} ({len(kept)} samples)")
-    tries = Counter(v["tries"] for v in per_sample.values() if v["accepted"])
-    exhausted = sum(not v["accepted"] for v in per_sample.values())
+    tries = Counter(v["tries"] for v in per_sample.values() if v["accepted"] and v["guided"])
+    exhausted = sum(not v["accepted"] or not v["guided"] for v in per_sample.values())
     summary = {"settings": {k: v for k, v in settings.items()}, "shards": shards, "samples": len(per_sample),
                "tries": {str(k): tries[k] for k in sorted(tries)}, "exhausted": exhausted,
                "skipped": [{"url": u, "key": k, "reason": r} for u, k, r in skipped], "per_sample": per_sample}
     (out_dir / "bdhs.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False))
     hist = ", ".join(f"{n} in {k} {'try' if k == 1 else 'tries'}" for k, n in sorted(tries.items())) or "none"
-    what = "least similar candidate kept" if settings["exhausted"] == "keep" else "left out"
+    what = {"keep": "least similar candidate kept", "drop": "left out",
+            "unguided": "an unguided response kept"}[settings["exhausted"]]
+    guided = int(settings["max_tries"]) - (settings["exhausted"] == "unguided" and int(settings["max_tries"]) > 1)
     log(f"[anyalign] bdhs: {len(per_sample)} samples: {hist}; {exhausted} still too similar after "
-        f"{settings['max_tries']} tries ({what}); {len(skipped)} skipped")
+        f"{guided} guided {'try' if guided == 1 else 'tries'} ({what}); {len(skipped)} skipped")
     for u, k, r in skipped:
         log(f"[anyalign] skipped {k} ({u}): {r}")
     return summary

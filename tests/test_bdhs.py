@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from anyalign import generation
-from anyalign.bdhs import (TokenOverlap, chosen_prefix, choose_blocked, load_settings, media_positions, read_tar,
-                           run, sample_rejected, write_tar)
+from anyalign.bdhs import (DEFAULTS, TokenOverlap, chosen_prefix, choose_blocked, load_settings, media_positions,
+                           read_tar, run, sample_rejected, sentences, split_point, swap_yes_no, write_tar)
 from anyalign.cli import main
 from anyalign.data.pipeline import decode, read_shards
 from anyalign.generation import GenerationConfig, generate_batch, prepare
@@ -86,7 +86,7 @@ def test_blocking_keeps_positions_and_zeroes_only_the_blocked_keys(model):
     assert torch.equal(pos0, pos1)  # positions from the padding mask only
     length = mask0.shape[1]
     for i, (p, where) in enumerate(zip(prepared, blocked)):
-        assert len(where) == 16
+        assert 0 < len(where) < 32 and set(where) <= set(media_positions(model, p["ids"]))
         cols = [length - len(p["ids"]) + w for w in where]
         assert mask1[i, cols].eq(0).all() and mask0[i, cols].eq(1).all()
         mask1[i, cols] = 1
@@ -108,6 +108,41 @@ def test_prefix_is_kept(model):
     assert out[0].prefix == "The video shows" and out[0].rejected.startswith("The video shows")
     assert out[1].prefix == "I see a rocket" and out[1].rejected.startswith("I see a rocket")
     assert out[2].prefix == ""
+
+
+def test_blocked_share_follows_the_paper():
+    """Each media token blocked on its own with probability mask_fraction (eq. 6 with rho_th = mask_fraction)."""
+    pos = list(range(20000))
+    assert choose_blocked(pos, 1.0, torch.Generator().manual_seed(0)) == pos
+    assert choose_blocked(pos, 0.0, torch.Generator().manual_seed(0)) == []
+    share = len(choose_blocked(pos, 0.99, torch.Generator().manual_seed(0))) / len(pos)
+    assert 0.985 < share < 0.995
+    a, b = (choose_blocked(pos, 0.5, torch.Generator().manual_seed(s)) for s in (0, 1))
+    assert a != b and a == choose_blocked(pos, 0.5, torch.Generator().manual_seed(0))
+
+
+def test_sentences_split_points_and_yes_no():
+    text = "The video shows a cat. It is black!  Yes"
+    assert [text[s:e] for s, e in sentences(text)] == ["The video shows a cat.", "It is black!", "Yes"]
+    gen = torch.Generator().manual_seed(0)
+    heads = {split_point("a b c d", "random", gen) for _ in range(200)}
+    assert heads == {"", "a", "a b", "a b c"}  # never the whole sentence: at least its last word is generated
+    assert swap_yes_no(" yes, it is.", 1.0, gen) == " no, it is." and swap_yes_no("No.", 1.0, gen) == "Yes."
+    assert swap_yes_no("Yesterday.", 1.0, gen) == "Yesterday." and swap_yes_no("No.", 0.0, gen) == "No."
+    swapped = sum(swap_yes_no("Yes.", 0.5, gen) == "No." for _ in range(400))
+    assert 150 < swapped < 250
+
+
+def test_each_sentence_is_continued_after_the_chosen_ones(model):
+    """Sentence mode: every sentence keeps its own head, the chosen text before it is context only."""
+    chosen = "The video shows a tray of coins. It is a tray."
+    items = [{"prepared": p, "chosen": chosen} for p in _prepared(model, 2)]
+    settings = {"max_new_tokens": 4, "temperature": 1.0, "top_p": 0.9, "seed": 0, "prefix_fraction": 0.5,
+                "mask_fraction": 0.99, "threshold": 2.0, "max_tries": 1}
+    for o in sample_rejected(model, items, settings, TokenOverlap(), torch.Generator().manual_seed(0),
+                             torch.Generator().manual_seed(0)):
+        assert o.prefix == "The video shows | It is"
+        assert o.rejected.startswith("The video shows") and " It is" in o.rejected[len("The video shows"):]
 
 
 class Scripted:
@@ -156,6 +191,21 @@ def test_too_similar_candidates_are_resampled(model, tmp_path):
     assert len(list(read_tar(str(tmp_path / "out" / "in-000.tar")))) == 4  # kept with its least similar candidate
 
 
+def test_last_try_is_unguided_and_kept(model, tmp_path):
+    """exhausted: unguided (the default, the paper's Algorithm 1): after max_tries - 1 guided tries, a whole
+    response without the chosen text, kept whatever its similarity."""
+    src, _ = _small_shard(tmp_path)
+    Scripted.script, Scripted.calls = [[1.0, 0.1, 1.0, 1.0], [1.0, 1.0, 0.2], [1.0, 1.0]], []
+    summary = run(_settings(tmp_path, src, exhausted="unguided"), model=model, log=lambda s: None)
+    assert Scripted.calls == [4, 3, 2]
+    per = list(summary["per_sample"].values())
+    assert [p["tries"] for p in per] == [3, 1, 3, 2]
+    assert [p["guided"] for p in per] == [False, True, False, True] and all(p["accepted"] for p in per)
+    assert summary["tries"] == {"1": 1, "2": 1} and summary["exhausted"] == 2
+    assert len(list(read_tar(str(tmp_path / "out" / "in-000.tar")))) == 4
+    assert DEFAULTS["exhausted"] == "unguided"
+
+
 def test_written_shards_copy_members_and_train(model, tmp_path, monkeypatch):
     src, samples = _small_shard(tmp_path, 8)
     Scripted.script = []
@@ -187,7 +237,10 @@ def test_config_and_command_line(tmp_path, monkeypatch):
                        "--output", "x"])
     assert s["model_config"] == str(ROOT / "configs" / "video_dpo.yaml")  # next to the config
     assert s["input"] == [str(ROOT / "assets/data/video/train-{000..003}.tar")]  # found from the project root
-    assert s["max_tries"] == 2 and s["output"] == "x" and s["mask_fraction"] == 0.9
+    assert s["max_tries"] == 2 and s["output"] == "x" and s["mask_fraction"] == 0.99
+    assert s["prefix_fraction"] == "random" and s["sentences"] is True and s["threshold"] == 0.97
+    assert load_settings(["--config", str(ROOT / "configs" / "tools" / "video_bdhs.yaml"), "--prefix_fraction",
+                          "0.5", "--sentences", "false"])["prefix_fraction"] == 0.5
     from anyalign.commands import ConfigError
     with pytest.raises(ConfigError, match="prefix_fraction"):
         load_settings(["--config", str(ROOT / "configs" / "tools" / "video_bdhs.yaml"), "--prefix_fraction", "2"])
