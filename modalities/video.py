@@ -399,6 +399,9 @@ class VideoAdapter(ModalityAdapter):
         frames = clip.view(-1, self.tower.tokens_per_image, clip.shape[-1])  # [frames, tokens, width]
         hidden = self.tower.hidden_size
         if self.time_embedding == "learned":
+            if len(frames) > len(self.frame_time):
+                raise ValueError(f"a clip of {len(frames)} frames (after temporal_pool) but learned frame times for "
+                                 f"{len(self.frame_time)}: num_frames={self.num_frames} bounds what a clip may bring")
             codes = self.frame_time[: len(frames)].to(clip.dtype)
         else:
             codes = sinusoid(len(frames), hidden).to(clip)

@@ -226,6 +226,9 @@ def test_learned_frame_times_train_and_round_trip(tmp_path, monkeypatch, tiny_vi
 
 
 def test_options_are_checked(tiny_vit):
+    too_long = _adapter(tiny_vit, num_frames=4, time_embedding="learned")
+    with pytest.raises(ValueError, match="learned frame times for 4"):
+        _tokens(too_long, [_clip(6)])
     with pytest.raises(ValueError, match="frame_deltas must be one of"):
         VideoAdapter(encoder=tiny_vit, frame_deltas="diff")
     with pytest.raises(ValueError, match="time_embedding must be one of"):

@@ -15,7 +15,7 @@ Writes ``OUT/train-000.tar .. train-{shards-1}.tar`` and ``OUT/val-000.tar`` (We
 ``KEY.mp4``) and prints the ``--data.*`` flags that train on them, e.g.
 
     python -m anyalign fit --config configs/video_dpo.yaml --data.train_shards '/tmp/order/train-{000..001}.tar' \\
-        --data.val_shards /tmp/order/val-000.tar --model.adapters.video.init_args.time_embedding learned
+        --data.val_shards /tmp/order/val-000.tar --model.adapters.video.init_args.frame_deltas concat
 
 Nothing is committed: the shards are rebuilt in seconds. ``tools/bench_video_time.py`` measures the ways of
 marking time in the video adapter on them (``docs/methods.md``, "Time in video").
