@@ -121,6 +121,9 @@ def test_aligned_beats_initial_and_ties_apart(evaluated):
     for model in (initial, aligned):
         assert list(model["media_reliance"]) == OPERATORS
         assert all(math.isfinite(r["nats"]) and r["samples"] == 12 for r in model["media_reliance"].values())
+        # each operator's own pass: before the fix every pass corrupted with the adapter's default reliance
+        # operator (the loader read data.held_out_negatives, not the pass's spec), so all six figures were equal
+        assert len({round(r["nats"], 4) for r in model["media_reliance"].values()}) >= 3
     assert aligned["media_reliance"]["video/swap"]["nats"] > initial["media_reliance"]["video/swap"]["nats"] + 1
     # trained to read its clip: most answers change when another sample's clip replaces it
     unchanged = aligned["unchanged_answers"]["video"]

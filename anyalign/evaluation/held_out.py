@@ -39,7 +39,7 @@ class HeldOutData(L.LightningDataModule):
         d = self.data
         if self.limit is None:
             return d.val_dataloader()
-        process = Compose([partial(take, n=self.limit), d._process(d.val_batch_size, d.negatives)])
+        process = Compose([partial(take, n=self.limit), d._process(d.val_batch_size, d.held_out_negatives)])
         loader = EpochLoader(PreferenceStream(d.val_urls, process, False, 1, d.seed), num_workers=0)
         _, world = rank_and_world()
         if world == 1:
@@ -56,10 +56,20 @@ class Pass:
 
 
 def validate_pass(trainer, module, data, negatives: dict | None, limit: int | None = None) -> Pass:
-    """One ``trainer.validate`` over the held-out shards with ``negatives`` (a validated spec) in the batches."""
+    """One ``trainer.validate`` over the held-out shards with ``negatives`` (a validated spec) in the batches.
+
+    The held-out loader corrupts with ``data.held_out_negatives`` (``bind`` sets it: the config's negatives, else
+    each adapter's reliance operator), so a pass with its own ``negatives`` sets that for its duration; ``None``
+    keeps what ``bind`` set (the pass is then exactly ``validate``'s)."""
     data.negatives = negatives
+    saved = data.held_out_negatives
+    if negatives:
+        data.held_out_negatives = negatives
     module.skipped, before = [], len(module.val_history)
-    out = trainer.validate(module, datamodule=HeldOutData(data, limit), verbose=False)
+    try:
+        out = trainer.validate(module, datamodule=HeldOutData(data, limit), verbose=False)
+    finally:
+        data.held_out_negatives = saved
     summary = module.val_history[-1] if len(module.val_history) > before else None
     logged = {k: float(v) for k, v in (out[0] if out else {}).items()}
     return Pass(logged, summary, list(module.skipped))
