@@ -231,6 +231,17 @@ def test_written_shards_copy_members_and_train(model, tmp_path, monkeypatch):
           "--data.num_workers", "0", "--data.batch_size", "4", "--model.export_dir", "null"])
 
 
+def test_tool_config_runs(tmp_path, monkeypatch):
+    """The shipped tool config end to end (``python -m anyalign bdhs --config ...``), on 4 demo samples."""
+    src, _ = _small_shard(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    main(["bdhs", "--config", str(ROOT / "configs" / "tools" / "video_bdhs.yaml"), "--input", str(src),
+          "--output", str(tmp_path / "o"), "--max_new_tokens", "4", "--max_tries", "2"])
+    summary = json.loads((tmp_path / "o" / "bdhs.json").read_text())
+    assert summary["samples"] == 4 and summary["settings"]["mask_fraction"] == 0.99
+    assert len(list(read_tar(str(tmp_path / "o" / "in-000.tar")))) == 4  # unguided: nothing left out
+
+
 def test_config_and_command_line(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     s = load_settings(["--config", str(ROOT / "configs" / "tools" / "video_bdhs.yaml"), "--max_tries", "2",
