@@ -12,6 +12,14 @@ samples/s (pairs), tokens/s (non-padding positions the LM processed, media inclu
 achieved model TFLOP/s and MFU (6N per policy token, 2N per reference token; on GPUs with a known bf16
 peak, or ``--peak-tflops``) and each variant's speed relative to the concatenated layout with a frozen reference. The ``precomputed`` variant first runs
 ``python -m anyalign precompute`` into a temporary cache (a one-off cost, timed and printed apart).
+
+The ``+packed`` variants train packed rows (``data.packing: true``: the batch's pairs in as few rows of
+``data.max_length`` tokens as fit); each is compared with the same variant unpacked (tokens/s, peak memory,
+rows per batch, padding), and the initial policy's log-probs of the first training batches are compared
+packed vs unpacked. ``--skewed`` trains on a length-skewed multi-image set built at run time:
+
+    python tools/bench.py --config configs/multi_image_dpo.yaml --skewed --threads 1 --rounds 5 \
+        --variants shared+frozen_copy,shared+packed+frozen_copy -- --data.max_length 512
 """
 from __future__ import annotations
 
@@ -24,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 VARIANTS = {
     "concatenated+frozen_copy": ["--data.layout", "concatenated", "--model.reference", "frozen_copy"],
@@ -32,6 +41,10 @@ VARIANTS = {
                            "{cache}"],
     "concatenated+none(sft)": ["--data.layout", "concatenated", "--model.losses", '[{"name": "sft"}]'],
     "shared+none(sft)": ["--data.layout", "shared", "--model.losses", '[{"name": "sft"}]'],
+    # packed rows (data.packing): several pairs per row up to data.max_length tokens, the same pairs per batch
+    "shared+packed+frozen_copy": ["--data.layout", "shared", "--data.packing", "true", "--model.reference", "frozen_copy"],
+    "shared+packed+none(sft)": ["--data.layout", "shared", "--data.packing", "true", "--model.losses",
+                                '[{"name": "sft"}]'],
 }
 
 
@@ -55,6 +68,7 @@ class StepTimer:
                 if batch_idx >= warmup:
                     self.times.append(time.perf_counter() - self.t0)
                     self.batches.append({"pairs": len(batch["keys"]), "tokens": int((batch["roles"] >= 0).sum()),
+                                         "rows": batch["roles"].shape[0], "padded": batch["roles"].numel(),
                                          "scored": int((batch["target_seq"] >= 0).sum()),
                                          "media": int(sum((batch["input_ids"] == t).sum()
                                                           for t in module.policy.media_token_ids.values()))})
@@ -86,10 +100,14 @@ def run_variant(config: str, extra: list[str], steps: int, warmup: int, repeats:
     trainer.fit(module, datamodule=data)
     device = module.device
     times = [sum(timer.times[i * steps:(i + 1) * steps]) for i in range(repeats)]
-    timed = timer.batches[:steps]  # the repeats cycle over the stream: count one block's work
+    blocks = [timer.batches[i * steps:(i + 1) * steps] for i in range(repeats)]
+    # rates per block, then the median block: blocks of a length-skewed set hold different token counts
+    tokens_per_s = statistics.median(sum(b["tokens"] for b in blk) / t for blk, t in zip(blocks, times))
+    timed = blocks[0]  # one block's work, for the per-pair and FLOP figures
     pairs, tokens = sum(b["pairs"] for b in timed), sum(b["tokens"] for b in timed)
     scored, media = sum(b["scored"] for b in timed), sum(b["media"] for b in timed)
     best = statistics.median(times)
+    samples_per_s = statistics.median(sum(b["pairs"] for b in blk) / t for blk, t in zip(blocks, times))
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     ref = module.reference
@@ -103,10 +121,49 @@ def run_variant(config: str, extra: list[str], steps: int, warmup: int, repeats:
     n_body = sum(p.numel() for p in lm.parameters() if id(p) not in emb)
     head = lm.get_output_embeddings().weight.numel()
     flops = (6 + 2 * ref.runs_model) * (n_body * tokens + head * scored)
-    return {"samples_per_s": pairs / best, "reference_mib": ref_mib, "tflops_per_s": flops / best / 1e12,
-            "dtype": str(next(lm.parameters()).dtype).removeprefix("torch."), "tokens_per_s": tokens / best, "peak_mib": peak,
+    rows = sum(b["rows"] for b in timed)
+    return {"samples_per_s": samples_per_s, "reference_mib": ref_mib, "tflops_per_s": flops / best / 1e12,
+            "dtype": str(next(lm.parameters()).dtype).removeprefix("torch."), "tokens_per_s": tokens_per_s, "peak_mib": peak,
             "seconds": times, "pairs": pairs, "tokens": tokens, "media_tokens": media, "response_tokens": scored,
+            "rows": rows, "padded": sum(b["padded"] for b in timed),
             "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}
+
+
+def check_logps(config: str, overrides: list[str], batches: int = 2) -> dict:
+    """The initial policy's log-probs of the same training examples in unpacked and in packed rows (the config's
+    layout, fp32 unless the config says otherwise, no dropout): the largest difference over every sequence."""
+    import itertools
+
+    import torch
+    from anyalign.cli import build_cli
+    from anyalign.data.collate import Collator
+    from anyalign.data.pipeline import Skipped, read_shards
+    from anyalign.data.scan import example_stages
+
+    cli = build_cli(["--config", config, "--data.num_workers", "0", "--trainer.logger", "false", *overrides,
+                     "--data.packing", "true"])
+    module, data = cli.model, cli.datamodule
+    data.bind(module.policy, module.negatives, module.needs, module.reference)
+    if not data.packing:
+        return {"error": "this model trains unpacked rows (see the warning)"}
+    policy = module.policy.eval()
+    src = read_shards(iter(data.train_urls))
+    for stage in example_stages(data):
+        src = stage(src)
+    examples = list(itertools.islice((x for x in src if not isinstance(x, Skipped)), batches * data.batch_size))
+    negatives = data.negatives if data.train_negatives else None
+    worst, sequences, shapes = 0.0, 0, []
+    for i in range(0, len(examples), data.batch_size):
+        chunk, out = examples[i:i + data.batch_size], []
+        for pack in (None, data.pack_length):
+            batch = Collator(data.layout, policy.tokenizer.pad_token_id, dict(policy.adapters.items()),
+                             data.pad_to_multiple_of, negatives, data.seed, pack)(chunk)
+            with torch.no_grad():
+                out.append(policy(batch).logps[torch.cat(list(batch["index"].values()))].float())
+            shapes.append(list(batch["input_ids"].shape))
+        worst = max(worst, float((out[0] - out[1]).abs().max()))
+        sequences += len(out[0])
+    return {"max_abs_diff": worst, "sequences": sequences, "shapes": shapes}
 
 
 # dense bf16 tensor-core peaks, TFLOP/s (vendor datasheets, SXM parts); MFU is printed for these or --peak-tflops
@@ -133,10 +190,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s for MFU (default: bf16 peak of "
                     "known GPUs with --model.torch_dtype bfloat16)")
+    ap.add_argument("--skewed", action="store_true", help="train on a length-skewed multi-image set built at run "
+                    "time into a temporary directory (tools/make_skewed_data.py: responses 5-300 tokens, 1-4 images "
+                    "per prompt); use with --config configs/multi_image_dpo.yaml")
     ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--child-logps", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("overrides", nargs="*", help="config overrides after --, e.g. -- --data.batch_size 4")
     ap.add_argument("--cache", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child_logps:
+        print(json.dumps(check_logps(args.config, args.overrides)))
+        return
     if args.child:
         extra = [a.replace("{cache}", args.cache or "") for a in VARIANTS[args.child]]
         print(json.dumps(run_variant(args.config, extra + args.overrides, args.steps, args.warmup,
@@ -145,6 +209,14 @@ def main() -> None:
     results, notes = {}, []
     names = args.variants.split(",")
     cache = tempfile.mkdtemp(prefix="anyalign-bench-cache-")
+    if args.skewed:  # the data go first, so later overrides still win
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from make_skewed_data import build
+        made = build(Path(cache) / "skewed")
+        args.overrides = ["--data.train_shards", made["train"], "--data.val_shards", made["val"], *args.overrides]
+        resp = sorted(x for c, r, _ in made["lengths"] for x in (c, r))
+        notes.append(f"length-skewed set: {len(made['lengths'])} pairs, responses {resp[0]}-{resp[-1]} tokens "
+                     f"(median {resp[len(resp) // 2]}), 1-4 images per prompt")
     if any("{cache}" in VARIANTS[n] for n in names):
         t0 = time.perf_counter()
         out = subprocess.run([sys.executable, "-m", "anyalign", "precompute", "--config", args.config,
@@ -184,6 +256,23 @@ def main() -> None:
         print(f"{name:28s} {r['samples_per_s']:10.1f} {r['tokens_per_s']:10.0f} {r['peak_mib']:9.0f} "
               f"{r['reference_mib']:8.2f} {r['tflops_per_s']:8.3f} {mfu:>6s} {ratio:>13s}  "
               f"{r['range'][0]:.1f}-{r['range'][1]:.1f}")
+    for name, r in results.items():  # packed against the same variant unpacked: the padding-free gain
+        plain = results.get(name.replace("+packed", ""))
+        if "+packed" in name and plain:
+            print(f"{name} vs {name.replace('+packed', '')}: tokens/s {r['tokens_per_s'] / plain['tokens_per_s']:.2f}x, "
+                  f"peak memory {r['peak_mib']:.0f} vs {plain['peak_mib']:.0f} MiB; rows per batch "
+                  f"{r['rows'] / args.steps:.1f} vs {plain['rows'] / args.steps:.1f}, padding "
+                  f"{100 * (1 - r['tokens'] / r['padded']):.0f}% vs {100 * (1 - plain['tokens'] / plain['padded']):.0f}% "
+                  f"of the row positions")
+    if any("+packed" in n for n in names):
+        out = subprocess.run([sys.executable, __file__, "--config", args.config, "--child-logps", "--", *args.overrides],
+                             capture_output=True, text=True)
+        if out.returncode:
+            sys.exit(f"log-prob check failed:\n{out.stderr[-3000:]}")
+        check = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"log-probs, packed vs unpacked rows (initial policy, first training batches): max |difference| "
+              f"{check['max_abs_diff']:.2e} over {check['sequences']} sequences" if "error" not in check
+              else f"log-probs not compared: {check['error']}")
     for note in notes:
         print(note)
     shutil.rmtree(cache, ignore_errors=True)
