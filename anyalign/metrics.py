@@ -19,7 +19,8 @@ from .sequences import SEQUENCES
 def default_reward_term(terms: list[dict], requested: str | None) -> str | None:
     """The term whose rewards define the headline metrics (checked at start-up)."""
     names = [t["name"] for t in terms]
-    preference = [n for n in names if LOSSES[n].compares == ("chosen", "rejected")]
+    # pair terms, and listwise terms (their rewards: the best and the worst of K responses)
+    preference = [n for n in names if LOSSES[n].compares in (("chosen", "rejected"), ("responses",))]
     if requested is not None:
         if requested not in preference:
             raise ValueError(f"model.reward_term={requested!r} is not a preference term of model.losses "

@@ -161,8 +161,10 @@ class AlignModule(L.LightningModule):
         if name == "reward_shift":
             return state
         source, seq, kind = parse_input(name)  # sum, per-token average or token count of a sequence
-        logps, tokens = (policy if source == "policy" else reference).select(batch["index"][seq])
-        return select_input(kind, logps, tokens)
+        index = batch["index"][seq]
+        logps, tokens = (policy if source == "policy" else reference).select(index.clamp(min=0))
+        value = select_input(kind, logps, tokens)
+        return value.masked_fill(index < 0, 0.0) if index.dim() > 1 else value  # [B, K]: absent responses 0
 
     def loss_terms(self, policy, reference, batch) -> tuple[torch.Tensor, list[TermOutput]]:
         """The weighted sum of the configured terms, and each term's output."""

@@ -8,6 +8,15 @@ Layouts:
 Packing (``data.packing``, either layout): the rows above are "groups", and several groups share one packed
 row up to a token capacity (``pack_rows``), with a ``groups`` tensor keeping them apart in the mask.
 
+K responses per prompt (a sample with ``"responses"`` and a ranking or scores, ``schema.py``): its row holds the
+prompt and media once and all K responses as slots ``response_0`` ... (each attending to the prompt and
+itself only, positions continuing from the prompt's end: the same slot rule as a pair's). The batch then also
+carries ``index["responses"]`` (``[B, K]`` sequence numbers, -1 where a sample has fewer than K) and ``ranks``
+(``[B, K]`` float, 0 the best, +inf where absent); ``index["chosen"]``/``index["rejected"]`` point at each K
+sample's best and worst response (ties: the first best, the last worst), so pair losses train on best vs worst
+from the same row, and the corrupted-media row (``chosen_corrupt``) scores the best response. A pair is K = 2
+(``[chosen, rejected]``, ranks ``[0, 1]``) when a listwise loss asks for ``responses``.
+
 A row is ``(prompt_ids, media, [(sequence_name, example_index, response_ids, token_weights), ...])``;
 ``token_weights`` is a list of floats beside ``response_ids`` (from weighted spans, see ``template.py``) or
 ``None`` for all 1.0 (a 3-tuple slot means the same). See ``anyalign/logprobs.py`` for what ``roles``,
@@ -25,6 +34,21 @@ LAYOUTS = ("shared", "concatenated")
 
 def _weights(ex: dict, name: str) -> list[float] | None:
     return ex.get("weights", {}).get(name)
+
+
+def best_and_worst(ranks: list) -> tuple[int, int]:
+    """A K-response sample's best (the first of rank 0) and worst (the last of the largest rank) response."""
+    worst = max(ranks)
+    return ranks.index(min(ranks)), len(ranks) - 1 - ranks[::-1].index(worst)
+
+
+def own_response(ex: dict, response: str) -> str | None:
+    """The name of the example's response that a sequence kind's ``response`` means: itself for a pair or an
+    unpaired sample; for a K-response sample ``chosen`` is its best and ``rejected`` its worst response."""
+    if "ranks" in ex and response in ("chosen", "rejected"):
+        from .schema import response_name
+        return response_name(best_and_worst(ex["ranks"])[response == "rejected"])
+    return response if response in ex["responses"] else None
 
 
 def _kinds(flag: str) -> list:
@@ -149,9 +173,39 @@ def conditional_rows(examples: list[dict], corrupted: list[dict]) -> list[tuple]
     """``prompt(corrupted media) | chosen``: the chosen response under corrupted media, with the chosen
     response's token weights (the same text, so the same tokens are up-weighted); one row per example and
     corrupted-media sequence kind."""
-    return [(ex["prompt"], media, [(kind.name, i, ex["responses"][kind.response], _weights(ex, kind.response))])
+    return [(ex["prompt"], media, [(kind.name, i, ex["responses"][name], _weights(ex, name))])
             for kind in _kinds("corrupted_media") for i, (ex, media) in enumerate(zip(examples, corrupted))
-            if kind.response in ex["responses"]]
+            if (name := own_response(ex, kind.response)) is not None]
+
+
+def add_listwise(batch: dict, examples: list[dict], listwise: bool) -> None:
+    """K-response samples' ``chosen``/``rejected`` (best and worst) and, if any sample has K responses or
+    ``listwise`` (a loss takes ``responses``), ``index["responses"]`` and ``ranks`` (see the module docstring).
+    The per-response names ``response_k`` leave the index: ``responses`` holds them."""
+    from .schema import response_name
+    index, n = batch["index"], len(examples)
+    ranked = [ex for ex in examples if "ranks" in ex]
+    if not ranked and not listwise:
+        return
+    width = max([len(ex["ranks"]) for ex in ranked] + [2])
+    seqs = torch.full((n, width), -1, dtype=torch.long)
+    ranks = torch.full((n, width), float("inf"))
+    names = [response_name(k) for k in range(width)]
+    for i, ex in enumerate(examples):
+        if "ranks" in ex:
+            k = len(ex["ranks"])
+            seqs[i, :k] = torch.stack([index[name][i] for name in names[:k]])
+            ranks[i, :k] = torch.tensor(ex["ranks"], dtype=torch.float32)
+            best, worst = best_and_worst(ex["ranks"])
+            for side, r in (("chosen", best), ("rejected", worst)):
+                index.setdefault(side, torch.full((n,), -1, dtype=torch.long))[i] = seqs[i, r]
+        elif "chosen" in ex["responses"] and "rejected" in ex["responses"]:  # a pair: K = 2
+            seqs[i, :2] = torch.stack([index["chosen"][i], index["rejected"][i]])
+            ranks[i, :2] = torch.tensor([0.0, 1.0])
+    for name in names:
+        index.pop(name, None)
+    index["responses"] = seqs
+    batch["ranks"] = ranks
 
 
 def add_reference(batch: dict, examples: list[dict]) -> None:
@@ -159,6 +213,8 @@ def add_reference(batch: dict, examples: list[dict]) -> None:
     logps = torch.full((batch["num_sequences"],), float("nan"))
     tokens = torch.full((batch["num_sequences"],), -1.0)
     for name, ix in batch["index"].items():
+        if ix.dim() != 1:  # ``responses`` ([B, K]): its entries are sequences of their own, stored per name
+            continue
         for i, ex in enumerate(examples):
             if ix[i] >= 0 and name in ex["reference"]:
                 logps[ix[i]], tokens[ix[i]] = ex["reference"][name]
@@ -167,22 +223,24 @@ def add_reference(batch: dict, examples: list[dict]) -> None:
 
 class Collator:
     """Picklable collate for the data workers: examples -> batch dict. With ``negatives`` (a validated
-    spec), each pair also gets a row scoring its chosen response under corrupted media. ``pack``: the
+    spec), each pair also gets a row scoring its chosen response under corrupted media. ``listwise``: a loss
+    takes all responses (``index["responses"]``, ``ranks``), pairs included as K = 2. ``pack``: the
     capacity in tokens of packed rows (``data.packing``), each holding as many of the batch's groups (pairs,
     and corrupted-media rows) as fit; None: one group per row."""
 
     def __init__(self, layout: str, pad_id: int, adapters: dict, pad_to_multiple_of: int = 1,
-                 negatives: dict | None = None, seed: int = 0, pack: int | None = None):
+                 negatives: dict | None = None, seed: int = 0, pack: int | None = None, listwise: bool = False):
         if layout not in LAYOUTS:
             raise ValueError(f"data.layout={layout!r} is not one of {LAYOUTS}")
         self.layout, self.pad_id, self.adapters, self.multiple = layout, pad_id, adapters, pad_to_multiple_of
-        self.negatives, self.seed, self.pack = negatives, seed, pack
+        self.negatives, self.seed, self.pack, self.listwise = negatives, seed, pack, listwise
 
     def __call__(self, examples: list[dict]) -> dict:
         rows = rows_for(examples, self.layout)
         if self.negatives:
             rows += conditional_rows(examples, corrupt_examples(examples, self.negatives, self.adapters, self.seed))
         batch = collate_rows(rows, self.pad_id, self.adapters, len(examples), self.multiple, self.pack)
+        add_listwise(batch, examples, self.listwise)
         batch["keys"] = [ex["key"] for ex in examples]
         batch["urls"] = [ex.get("url", "") for ex in examples]
         if "digest" in examples[0]:

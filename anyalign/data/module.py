@@ -89,7 +89,7 @@ class PreferenceDataModule(L.LightningDataModule):
         self.packing = packing
         self.samples_per_epoch, self.seed, self.unpair = samples_per_epoch, seed, unpair
         self.model, self.reference_stages = None, []
-        self.negatives, self.train_negatives, self.unpaired = None, False, False
+        self.negatives, self.train_negatives, self.unpaired, self.listwise = None, False, False, False
         self.held_out_negatives = None
         self.preflight_max_bad_fraction, self.preflight_report = preflight_max_bad_fraction, None
 
@@ -105,6 +105,7 @@ class PreferenceDataModule(L.LightningDataModule):
         self.held_out_negatives = negatives or reliance_spec(dict(model.adapters.items()))
         self.train_negatives = bool(needs and needs.train_negatives)
         self.unpaired = bool(needs and needs.unpaired)  # the loss terms train on unpaired samples (KTO)
+        self.listwise = bool(needs and needs.listwise)  # a term takes all K responses ([B, K] inputs)
         reason = model.shared_layout_unsupported_reason() if self.layout == "shared" else None
         if reason is not None:
             log.warning("data.layout=shared needs a 4-D attention mask, but %s: training with data.layout="
@@ -165,7 +166,7 @@ class PreferenceDataModule(L.LightningDataModule):
         tok = make(self.max_length) if make else PreferenceTokenizer(m.tokenizer, m.media_token_ids, self.max_length)
         pack = self.pack_length
         collate = Collator(self.layout, m.tokenizer.pad_token_id, adapters, self.pad_to_multiple_of, negatives, self.seed,
-                           pack)
+                           pack, self.listwise)
         return Compose([
             partial(decode, adapters=adapters, digest=digest or bool(self.reference_stages)),  # raw sample -> media tensors
             *([unpair] if self.unpair else []),                    # pair -> two unpaired samples

@@ -148,6 +148,10 @@ def unpair(src: Iterator) -> Iterator[dict | Skipped]:
         if isinstance(ex, Skipped) or "completion" in ex["responses"]:
             yield ex
             continue
+        if "ranks" in ex:  # which of K responses is desirable is not a pair's plain label
+            yield Skipped(ex["url"], ex["key"], "a K-response sample ('responses' with a ranking or scores) "
+                                                "cannot be unpaired for KTO (data.unpair); convert it to pairs")
+            continue
         weights = ex.get("weights", {})
         for suffix, field, label in (("c", "chosen", True), ("r", "rejected", False)):
             out = {**ex, "key": f"{ex['key']}-{suffix}", "responses": {"completion": ex["responses"][field]},
@@ -191,7 +195,7 @@ def tokenize(src: Iterator, tokenizer, adapters: dict) -> Iterator[dict | Skippe
                 reason += f"; ignored member(s): {ex['ignored']}"
             yield Skipped(ex["url"], ex["key"], reason)
             continue
-        extra = {k: ex[k] for k in ("desirable", "digest") if k in ex}
+        extra = {k: ex[k] for k in ("desirable", "digest", "ranks") if k in ex}
         yield {"key": ex["key"], "url": ex["url"], "media": ex["media"], **ids, **extra}
 
 

@@ -21,6 +21,13 @@ Spans must satisfy ``0 <= start < end <= len(text)``, must not overlap one anoth
 a finite number >= 0; anything else (or weights for a response the sample does not have, or unknown keys in
 a span) makes the sample bad. See ``docs/data-format.md``.
 
+K responses per prompt (ranked or scored data): ``"responses": [r_0, ..., r_{K-1}]`` (K >= 2, each a string
+or one assistant message) with exactly one of ``"ranking"`` (response indices, best first: a permutation of
+0..K-1), ``"ranks"`` (one number per response, lower is better, ties allowed) or ``"scores"`` (one finite number
+per response, higher is better, ties allowed). They parse to responses ``response_0`` ... ``response_{K-1}`` and
+``"ranks"``: dense ranks, 0 the best. Lengths that differ, fewer than two responses, all tied (nothing to
+prefer), or ``chosen``/``rejected`` beside ``responses`` make the sample bad, with a reason naming the key.
+
 For evaluation, a sample may carry its reference ``"answer"`` (a string: generation accuracy matches the
 model's answer against it) and ``"choices"`` (candidate responses, one of which equals or contains the
 answer: likelihood-choice accuracy picks the one the model finds most likely).
@@ -35,6 +42,58 @@ from modalities import BadSample
 
 RESPONSES = ("chosen", "rejected")
 UNPAIRED = ("completion",)
+RANK_KEYS = ("ranking", "ranks", "scores")  # K-response samples: exactly one of these orders the responses
+
+
+def response_name(k: int) -> str:
+    """The name of a K-response sample's k-th response (its slot and ``index`` entry)."""
+    return f"response_{k}"
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _dense_ranks(values: list[float]) -> list[int]:
+    """Dense ranks, 0 for the smallest value, equal values sharing a rank."""
+    order = {v: r for r, v in enumerate(sorted(set(values)))}
+    return [order[v] for v in values]
+
+
+def parse_ranked(record: dict) -> tuple[dict[str, str], list[int]]:
+    """A K-response sample's ``responses`` and ``ranking``/``ranks``/``scores`` -> ({``response_k``: text},
+    dense ranks with 0 the best); ``BadSample`` naming the key otherwise."""
+    texts = record["responses"]
+    if not isinstance(texts, list):
+        raise BadSample("'responses' must be a list of responses (strings or one assistant message each)")
+    if len(texts) < 2:
+        raise BadSample(f"'responses' needs at least 2 responses to rank, got {len(texts)}")
+    both = [k for k in ("chosen", "rejected", "completion") if k in record]
+    if both:
+        raise BadSample(f"'responses' and {both[0]!r} in one sample: give a ranked list or a pair, not both")
+    given = [k for k in RANK_KEYS if k in record]
+    if len(given) != 1:
+        raise BadSample("'responses' needs exactly one of 'ranking' (indices, best first), 'ranks' (lower is "
+                        f"better) or 'scores' (higher is better); got {given or 'none'}")
+    key, order = given[0], record[given[0]]
+    if not isinstance(order, list) or len(order) != len(texts):
+        n = len(order) if isinstance(order, list) else type(order).__name__
+        raise BadSample(f"{key!r} has {n} entries but 'responses' has {len(texts)}")
+    if key == "ranking":
+        if not all(_is_int(i) for i in order) or sorted(order) != list(range(len(texts))):
+            raise BadSample(f"'ranking' must list each response index 0..{len(texts) - 1} once, best first; "
+                            f"got {order}")
+        ranks = [0] * len(texts)
+        for r, i in enumerate(order):
+            ranks[i] = r
+    else:
+        if not all(_number(x) for x in order):
+            raise BadSample(f"{key!r} must hold finite numbers, got {order}")
+        ranks = _dense_ranks([float(x) if key == "ranks" else -float(x) for x in order])
+    if max(ranks) == 0:
+        raise BadSample(f"{key!r} ties every response ({order}): nothing to prefer")
+    responses = {response_name(k): _text(t, f"responses[{k}]") for k, t in enumerate(texts)}
+    return responses, ranks
 WEIGHTS_SUFFIX = "_weights"
 SPAN_KEYS = ("start", "end", "weight")
 
@@ -117,7 +176,8 @@ def _weights(record: dict, responses: dict[str, str]) -> dict[str, list[tuple[in
 
 def parse_record(data: bytes) -> dict:
     """``KEY.json`` bytes -> ``{"messages": [...], "responses": {"chosen": str, "rejected": str}}``, or for
-    an unpaired sample ``{"messages": [...], "responses": {"completion": str}, "desirable": bool}``.
+    an unpaired sample ``{"messages": [...], "responses": {"completion": str}, "desirable": bool}``, or for a
+    K-response sample ``{"messages": [...], "responses": {"response_0": str, ...}, "ranks": [int, ...]}``.
 
     A sample with weighted spans also gets ``"weights": {response: [(start, end, weight), ...]}`` (sorted,
     validated; only responses with at least one span appear); a sample without has no ``"weights"`` key."""
@@ -129,7 +189,10 @@ def parse_record(data: bytes) -> dict:
         raise BadSample(f"invalid json: {e.msg} at line {e.lineno}") from None
     if not isinstance(record, dict):
         raise BadSample("json is not an object")
-    if "completion" in record and "chosen" not in record:
+    if "responses" in record:
+        responses, ranks = parse_ranked(record)
+        out = {"messages": _messages(record), "responses": responses, "ranks": ranks}
+    elif "completion" in record and "chosen" not in record:
         if not isinstance(record.get("label"), bool):
             raise BadSample("unpaired sample needs a boolean 'label' (true = desirable)")
         responses = {"completion": _text(record["completion"], "completion")}

@@ -22,6 +22,12 @@ __all__ = ["STRATEGIES", "AdapterDisabled", "FrozenCopy", "PrecomputedReference"
 def check_precomputable(sequences: list[str], negatives: dict, adapters) -> None:
     """Only values that depend on the sample alone can be stored per sample."""
     for seq in sequences:
+        if SEQUENCES[seq].listwise:
+            raise ValueError(f"model.reference=precomputed cannot store reference log-probs of {seq!r} (all K "
+                             "responses of a ranked sample, a list whose length varies per sample): the cache holds "
+                             "one value per sequence name; use frozen_copy or adapter_disabled for listwise terms "
+                             "(plackett_luce, multi_negative, pairwise_expansion), or a pair term, which trains on "
+                             "each sample's best vs worst response and can be precomputed")
         if not SEQUENCES[seq].precomputable:
             raise ValueError(f"model.reference=precomputed cannot store reference log-probs of {seq!r}: its value "
                              "depends on the rest of the batch (KTO's KL baseline pairs each prompt with another "
