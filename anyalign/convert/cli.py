@@ -3,7 +3,9 @@
     python -m anyalign.convert FORMAT SOURCE OUT_PATTERN [--media-root DIR] [--shards N] [--maxcount N]
                                [--maxsize BYTES] [--resize N] [--adapter NAME=pkg.module.Class ...]
 
-FORMAT is one of jsonl, trl, llamafactory, swift, rlaifv, align_anything (the row layouts, ``formats.py``).
+FORMAT is one of jsonl, trl, llamafactory, swift, rlaifv, align_anything, ultrafeedback (the row layouts,
+``formats.py``; ultrafeedback: instruction + ``completions`` with ``overall_score`` or ``ratings``, every
+completion kept as one of K scored responses).
 SOURCE is a .jsonl/.json/.parquet/.arrow file, a Hugging Face ``save_to_disk`` directory, or any other
 directory, whose .jsonl/.json/.parquet/.arrow files are read in sorted order (``sources.py``). OUT_PATTERN
 names the shards, e.g. ``out/train-%06d.tar``.
@@ -18,6 +20,8 @@ The jsonl layout (anyalign's own schema), one JSON object per line:
    "prompt": "<image>\\nWhat is it?",           or a list of {"role", "content"} turns ("messages" too)
    "system": "Be brief.",                        optional
    "chosen": "A cat.", "rejected": "A dog.",     or, unpaired (KTO): "completion": "...", "label": true
+                                                 or K responses: "responses": ["...", ...] with "ranking"
+                                                 (indices, best first), "ranks" (lower better) or "scores"
    "images": ["img/a.jpg"]}                      media, in marker order, paths relative to --media-root
   Media of modality NAME (image, video, audio, or an --adapter's) may sit under any of
     "NAMEs": [paths]          "NAME": path or [paths]          "NAME_path": path or [paths]

@@ -6,6 +6,8 @@ checked and written by the one shared path in ``run.py``::
 
     {"id": optional, "messages": [{"role", "content": str}, ...],   # the prompt turns, system included
      "chosen": str, "rejected": str          # preference pair, or for KTO:  "completion": str, "label": bool
+                                             # or K responses: "responses": [str, ...] with one of
+                                             # "ranking" | "ranks" | "scores" (as the shard schema, schema.py)
      "media": {modality name: [src, ...]},   # src: path str | bytes | {"bytes", "path"}
      "add_markers": bool}                    # prepend missing markers (layouts whose prompts have none)
 
@@ -115,6 +117,20 @@ def responses(row: dict, markers: Markers, chosen: str = "chosen", rejected: str
             "rejected": text(row[rejected], rejected, markers, MISSING_RESPONSE)}
 
 
+RANK_KEYS = ("ranking", "ranks", "scores")
+
+
+def ranked(row: dict, markers: Markers) -> dict:
+    """K responses with one of ``ranking`` (indices, best first), ``ranks`` (lower is better) or ``scores``
+    (higher is better), kept as they are: the shard parser (``parse_record``) checks them and names the key."""
+    texts = row.get("responses")
+    if not isinstance(texts, list):
+        raise Skip(MISSING_RESPONSE, f"'responses' must be a list of responses, got {type(texts).__name__}")
+    out = {"responses": [text(t, f"responses[{k}]", markers, MISSING_RESPONSE) for k, t in enumerate(texts)]}
+    out |= {k: row[k] for k in RANK_KEYS if k in row}
+    return out
+
+
 def kto(completion, label, markers: Markers) -> dict:
     if not isinstance(label, bool):
         raise Skip(BAD_LABEL, f"KTO label must be true or false, got {label!r}")
@@ -131,7 +147,8 @@ def user_prompt(value, field: str) -> list[dict]:
 
 # The jsonl layout's keys (documented in ``cli.py``'s help and the README); any other key of a row is named in
 # the reason when the row is skipped, since a misspelt media key (``img``, ``image_file``) loses its media.
-JSONL_TEXT_KEYS = ("id", "prompt", "messages", "system", "chosen", "rejected", "completion", "label")
+JSONL_TEXT_KEYS = ("id", "prompt", "messages", "system", "chosen", "rejected", "completion", "label", "responses",
+                   *RANK_KEYS)
 JSONL_KEPT_KEYS = ("chosen_weights", "rejected_weights", "completion_weights", "answer", "choices")
 MEDIA_ITEM_KEYS = ("path", "bytes", "file", "url")
 
@@ -185,7 +202,10 @@ def from_jsonl(row: dict, markers: Markers) -> dict:
     ``chosen_weights``/``rejected_weights``/``completion_weights``, ``answer`` and ``choices`` are kept."""
     prompt = row.get("prompt", row.get("messages"))
     messages = turns(prompt, "prompt", markers) if isinstance(prompt, list) else user_prompt(prompt, "prompt")
-    out = kto(row["completion"], row.get("label"), markers) if "completion" in row else responses(row, markers)
+    if "responses" in row:  # K responses, ranked or scored
+        out = ranked(row, markers)
+    else:
+        out = kto(row["completion"], row.get("label"), markers) if "completion" in row else responses(row, markers)
     media: dict[str, list] = {}
     names = list(dict.fromkeys([*TOOL_MODALITIES, *markers]))
     for name in names:  # plural list first, then the single item / path keys, in a fixed order
@@ -322,6 +342,52 @@ def from_align_anything(row: dict, markers: Markers) -> dict:
             "add_markers": True, **pair}
 
 
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x
+
+
+def completion_score(c: dict, where: str) -> float:
+    """An UltraFeedback completion's score: ``overall_score``; else the mean of its ``ratings`` (a list or a
+    dict of numbers), of ``fine-grained_score``, or of its ``annotations``' per-aspect ``Rating``s (UltraFeedback's
+    raw layout; "N/A" ratings left out)."""
+    if _number(c.get("overall_score")):
+        return float(c["overall_score"])
+    ratings = c.get("ratings")
+    if isinstance(ratings, dict):
+        ratings = list(ratings.values())
+    if ratings is None and _number(c.get("fine-grained_score")):
+        return float(c["fine-grained_score"])
+    if ratings is None and isinstance(c.get("annotations"), dict):
+        ratings = [a.get("Rating") for a in c["annotations"].values() if isinstance(a, dict)]
+    if isinstance(ratings, list):
+        nums = [float(r) for r in ratings if _number(r) or (isinstance(r, str) and r.strip().isdigit())]
+        if nums:
+            return sum(nums) / len(nums)
+    raise Skip(BAD_LABEL, f"{where} has no 'overall_score' and no numeric 'ratings', 'fine-grained_score' or "
+                          "annotation 'Rating'")
+
+
+def from_ultrafeedback(row: dict, markers: Markers) -> dict:
+    """UltraFeedback-style scored completions (openbmb/UltraFeedback and its multimodal peers): instruction (or
+    prompt / question), ``completions``: [{"response" (or "text" / "content"), "overall_score" or "ratings" or
+    "annotations": {aspect: {"Rating"}}}, ...], images/videos/audios (markers prepended where the prompt has
+    none). -> K responses with ``scores``: every completion kept, none binarised."""
+    prompt = next((row[k] for k in ("instruction", "prompt", "question") if row.get(k) is not None), None)
+    messages = turns(prompt, "prompt", markers) if isinstance(prompt, list) else \
+        user_prompt(text(prompt, "instruction", markers, MISSING_PROMPT), "instruction")
+    completions = row.get("completions")
+    if not isinstance(completions, list) or not all(isinstance(c, dict) for c in completions):
+        raise Skip(MISSING_RESPONSE, "'completions' must be a list of {'response', 'overall_score' or 'ratings'}")
+    texts, scores = [], []
+    for k, c in enumerate(completions):
+        where = f"completions[{k}]"
+        value = next((c[f] for f in ("response", "text", "content") if c.get(f) is not None), None)
+        texts.append(text(value, f"{where}.response", markers, MISSING_RESPONSE))
+        scores.append(completion_score(c, where))
+    return {"id": row.get("id"), "messages": with_system(messages, row.get("system")), "media": media_lists(row),
+            "add_markers": True, "responses": texts, "scores": scores}
+
+
 FORMATS: dict[str, Callable[[dict, Markers], dict]] = {
     "jsonl": from_jsonl, "trl": from_trl, "llamafactory": from_llamafactory, "swift": from_swift,
-    "rlaifv": from_rlaifv, "align_anything": from_align_anything}
+    "rlaifv": from_rlaifv, "align_anything": from_align_anything, "ultrafeedback": from_ultrafeedback}

@@ -13,7 +13,7 @@ from anyalign.data.schema import parse_record
 from modalities.base import BadSample
 
 from .adapters import accepted_extensions, markers, resolve
-from .formats import FORMATS, unknown_jsonl_keys
+from .formats import FORMATS, RANK_KEYS, unknown_jsonl_keys
 from .media import Media
 from .reasons import BROKEN_JSON, DUPLICATE, MALFORMED, MARKER_IN_RESPONSE, MISMATCH, MISSING_PROMPT, NON_UTF8, \
     UNSUPPORTED, Skip
@@ -35,7 +35,7 @@ def _encode(record: dict) -> bytes:
         data = json.dumps(record, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
         raise Skip(NON_UTF8, "text with bytes that are not UTF-8") from None
-    check = data if "chosen" in record else json.dumps(  # KTO: check its prompt with the same parser
+    check = data if "chosen" in record or "responses" in record else json.dumps(  # KTO: check its prompt with the same parser
         {**record, "chosen": record["completion"], "rejected": record["completion"]}).encode()
     try:
         parse_record(check)
@@ -70,14 +70,16 @@ def build(cand: dict, key: str, media: Media, markers: Mapping[str, str]) -> tup
             count, added = n, True
         if count != n:
             raise Skip(MISMATCH, f"{count} {marker} marker(s) but {n} {'/'.join(present or modalities[:1])} item(s)")
-    answers = ("chosen", "rejected") if "chosen" in cand else ("completion",)
-    if any(marker in cand[a] for a in answers for marker in by_marker):
+    answers = ("chosen", "rejected") if "chosen" in cand else ("completion",) if "completion" in cand else ()
+    texts = [cand[a] for a in answers] + list(cand.get("responses", ()))  # a pair, a completion or K responses
+    if any(marker in t for t in texts for marker in by_marker):
         raise Skip(MARKER_IN_RESPONSE, "a response holds a media marker")
     one_turn = len(messages) == 1 and messages[0]["role"] == "user"
     record = {"prompt": messages[0]["content"] if one_turn else messages}
     if system is not None:
         record["system"] = system
     record.update({a: cand[a] for a in answers})
+    record.update({k: cand[k] for k in ("responses", *RANK_KEYS) if k in cand})  # K responses and their order
     if "label" in cand:
         record["label"] = cand["label"]
     record.update(cand.get("kept") or {})  # weighted spans, answer, choices: checked by parse_record in _encode
