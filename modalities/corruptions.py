@@ -12,6 +12,16 @@ Where this departs from the sources (``docs/methods.md``, negatives by modality)
 - ``diffusion_noise`` works in the encoder's normalised pixel space (SigLIP's is [-1, 1], the space
   DDPM noise is defined in) with POVID's schedule: β = sigmoid(linspace(-6, 6, 1000)) scaled to
   [1e-5, 5e-3].
+
+Padding rule: an operator corrupts the content, never the padding. A waveform is zero-padded to the
+adapter's length, so the audio operators act on the sound's span only (first to last non-zero sample,
+``sound_span``) and leave the silence before and after it where it was: reversing a padded 1 s clip in a 2 s
+window whole would move the sound into the second half, a position cue the model learns instead of the
+content, and noise over the padding would tell silence from content. The span's ends stay non-zero, so an
+encoder that reads a clip's length from its last non-zero sample (AST) sees the original's length.
+Operators keep a tensor's attributes (a family video's ``sampled_fps``), so a corrupted clip is placed in
+time as the original. ``shuffle_order`` permutes images of the same shape among themselves, so every
+marker keeps its token count.
 """
 from __future__ import annotations
 
@@ -90,7 +100,7 @@ def shuffle_frames(x: torch.Tensor, rng) -> torch.Tensor:
 
 
 def reverse(x: torch.Tensor, rng) -> torch.Tensor:
-    """Time reversal: video frames, or audio samples (the last axis of a waveform)."""
+    """Time reversal of a clip's frames (audio: ``audio_reverse``, which keeps the padding in place)."""
     return x.flip(0)
 
 
@@ -114,22 +124,95 @@ def downsample(x: torch.Tensor, rng, stride: int = 4) -> torch.Tensor:
     return x[(torch.arange(n) // stride * stride).clamp(max=n - 1)]
 
 
-# ---- audio: waveform [samples] ----
+# ---- audio: waveform [samples], zero-padded: the operators act on the sound's span only ----
+def sound_span(x: torch.Tensor) -> tuple[int, int]:
+    """``(start, end)``: the first non-zero sample and one past the last one of a waveform; ``(0, 0)`` for
+    silence. What lies outside is padding (or digital silence, which an encoder cannot tell from it)."""
+    nz = torch.nonzero(x).flatten()
+    return (int(nz[0]), int(nz[-1]) + 1) if len(nz) else (0, 0)
+
+
+def _on_span(x: torch.Tensor, fn) -> torch.Tensor:
+    start, end = sound_span(x)
+    if end - start < 2:
+        return x.clone()
+    out = x.clone()
+    out[start:end] = fn(x[start:end])
+    return out
+
+
 def noise(x: torch.Tensor, rng, snr_db: float = 0.0) -> torch.Tensor:
-    """Add white noise at a target signal-to-noise ratio (dB)."""
-    power = x.pow(2).mean().clamp(min=1e-10)
-    sigma = torch.sqrt(power / 10 ** (snr_db / 10))
-    return x + sigma * torch.randn(x.shape, generator=rng, dtype=x.dtype)
+    """Add white noise at a target signal-to-noise ratio (dB) relative to the sound's mean power, over the
+    sound's span (the padding stays silent)."""
+    def add(c: torch.Tensor) -> torch.Tensor:
+        power = c.pow(2).mean().clamp(min=1e-10)
+        sigma = torch.sqrt(power / 10 ** (snr_db / 10))
+        return c + sigma * torch.randn(c.shape, generator=rng, dtype=c.dtype)
+    return _on_span(x, add)
+
+
+def audio_reverse(x: torch.Tensor, rng) -> torch.Tensor:
+    """The sound reversed in time inside its span: the silence before and after it stays where it was."""
+    return _on_span(x, lambda c: c.flip(-1))
+
+
+def _cut_points(c: torch.Tensor, segments: int, rng) -> list[int]:
+    """Up to ``segments - 1`` cut points inside ``c``, each near an equal division and between two non-zero
+    samples, so every piece starts and ends on a non-zero sample."""
+    n = len(c)
+    ok = torch.nonzero((c[:-1] != 0) & (c[1:] != 0)).flatten() + 1  # cut before index i: c[i-1], c[i] non-zero
+    if len(ok) == 0:
+        return []
+    cuts = []
+    for k in range(1, segments):
+        target = k * n / segments + (torch.rand((), generator=rng).item() - 0.5) * n / (2 * segments)
+        cuts.append(int(ok[(ok - target).abs().argmin()]))
+    return sorted(set(cuts))
+
+
+def shuffle_segments(x: torch.Tensor, rng, segments: int = 4) -> torch.Tensor:
+    """The sound cut into ``segments`` pieces of about equal length (cuts between non-zero samples, placed at
+    random within a quarter of a piece of the equal division) and put in another order, inside its span."""
+    def shuffle(c: torch.Tensor) -> torch.Tensor:
+        cuts = _cut_points(c, segments, rng)
+        if not cuts:
+            return c.flip(-1)
+        pieces = list(c.tensor_split(cuts))
+        return torch.cat([pieces[i] for i in _derangement(len(pieces), rng)])
+    return _on_span(x, shuffle)
+
+
+def shift(x: torch.Tensor, rng, min_fraction: float = 0.25, max_fraction: float = 0.75) -> torch.Tensor:
+    """The sound rotated in time inside its span by a fraction of its length drawn uniformly in
+    [``min_fraction``, ``max_fraction``] (what ran off the end comes back at the start): the same sounds,
+    the span and its silence kept, the order of events changed. Cut between two non-zero samples."""
+    def roll(c: torch.Tensor) -> torch.Tensor:
+        ok = torch.nonzero((c[:-1] != 0) & (c[1:] != 0)).flatten() + 1
+        if len(ok) == 0:
+            return c.flip(-1)
+        target = _uniform(rng, min_fraction, max_fraction) * len(c)
+        k = int(ok[(ok - target).abs().argmin()])
+        return torch.cat([c[k:], c[:k]])
+    return _on_span(x, roll)
 
 
 def mute(x: torch.Tensor, rng) -> torch.Tensor:
     return torch.zeros_like(x)
 
 
+def keep_attributes(out: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """Copy the Python attributes a preprocessed item carries (e.g. a family video's ``sampled_fps``) onto
+    its corrupted version, so the processor places it in time as the original."""
+    extra = getattr(src, "__dict__", None)
+    if extra:
+        out.__dict__.update(extra)
+    return out
+
+
 def per_item(op):
     """Lift a one-item operator to a sample's list of items."""
     def lifted(items: Items, rng, donor: Items | None = None, **params) -> Items:
-        return [op(x, rng, **params) for x in items]
+        return [keep_attributes(op(x, rng, **params), x) for x in items]
     lifted.op = op
     return lifted
 
@@ -140,12 +223,24 @@ def swap(items: Items, rng, donor: Items | None = None) -> Items:
     """Another sample's media in place of this one's (item by item)."""
     if donor is None or [d.shape for d in donor] != [x.shape for x in items]:
         raise ValueError("swap needs another sample in the batch with media of the same shapes")
-    return [d.clone() for d in donor]
+    return [keep_attributes(d.clone(), d) for d in donor]
 
 
 def shuffle_order(items: Items, rng, donor: Items | None = None) -> Items:
-    """Multi-image: the images in another order (the markers stay)."""
-    return [items[i] for i in _derangement(len(items), rng)]
+    """Multi-image: the images in another order (the markers stay). Images are permuted among those of the same
+    shape, so each marker keeps its token count (a pretrained family's images come at their own sizes); when no
+    two images share a shape, all of them are permuted (the token counts then move with the images)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, x in enumerate(items):
+        groups.setdefault(tuple(x.shape), []).append(i)
+    if len(groups) == 1 or all(len(g) < 2 for g in groups.values()):
+        return [items[i] for i in _derangement(len(items), rng)]
+    order = list(range(len(items)))
+    for g in groups.values():
+        if len(g) > 1:
+            for slot, j in zip(g, _derangement(len(g), rng).tolist()):
+                order[slot] = g[j]
+    return [items[i] for i in order]
 
 
 @uses_donor
@@ -158,7 +253,8 @@ def swap_one(items: Items, rng, donor: Items | None = None) -> Items:
     candidates = [d for d in donor if d.shape == items[i].shape]
     if not candidates:
         raise ValueError("swap_one found no donor image of the same shape")
-    out[i] = candidates[_randint(rng, len(candidates))].clone()
+    pick = candidates[_randint(rng, len(candidates))]
+    out[i] = keep_attributes(pick.clone(), pick)
     return out
 
 
@@ -166,7 +262,7 @@ def drop_one(items: Items, rng, donor: Items | None = None, value: float = -1.0)
     """Multi-image: one image blanked out."""
     out = list(items)
     i = _randint(rng, len(items))
-    out[i] = torch.full_like(items[i], value)
+    out[i] = keep_attributes(torch.full_like(items[i], value), items[i])
     return out
 
 
@@ -178,4 +274,5 @@ VIDEO_OPS = {"shuffle_frames": per_item(shuffle_frames), "reverse": per_item(rev
              "freeze_video": per_item(static), "drop_segment": per_item(drop_segment),
              "downsample": per_item(downsample), "swap": swap}
 AUDIO_OPS = {"noise": per_item(noise), "mute": per_item(mute), "mute_audio": per_item(mute),
-             "reverse": per_item(reverse), "swap": swap, "swap_audio": swap}
+             "reverse": per_item(audio_reverse), "shuffle_segments": per_item(shuffle_segments),
+             "shift": per_item(shift), "swap": swap, "swap_audio": swap}
