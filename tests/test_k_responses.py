@@ -129,8 +129,15 @@ def test_listwise_terms_validate_and_name_their_inputs():
     for name in LISTWISE:
         spec = validate_terms([{"name": name}])[0]["spec"]
         assert spec.sequences == {"responses"} and spec.data_inputs == ("ranks",) and spec.needs_reference
-        free = validate_terms([{"name": name, "reference_free": True}])[0]["spec"]
-        assert not free.needs_reference
+        term = validate_terms([{"name": name, "reference_free": True}])[0]
+        free = term["spec"]
+        assert not free.needs_reference and free.inputs == ("policy_responses", "ranks")
+        x = _tensors(K3)
+        params = {k: v for k, v in term["params"].items() if k != "reference_free"}
+        bound = free.fn(policy_responses=x["policy_responses"], ranks=x["ranks"], **term["params"])
+        direct = LOSSES[name].fn(x["policy_responses"], torch.zeros(1, 3, dtype=torch.float64), x["ranks"], **params)
+        for a, b in zip(bound, direct):
+            torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="label_smoothing"):
         validate_terms([{"name": "pairwise_expansion", "label_smoothing": 0.7}])
 

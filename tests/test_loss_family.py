@@ -128,9 +128,11 @@ def tensors(inputs: dict, dtype=torch.float64) -> dict:
 
 def test_every_registered_loss_has_hand_computed_cases():
     # the rest of the DPO family's cases live in test_loss_family_more.py
+    from test_k_responses import K_CASES  # the listwise terms (K responses per prompt)
     from test_loss_family_more import MORE_CASES
 
-    assert set(CASES) | set(MORE_CASES) == set(LOSSES) and not set(CASES) & set(MORE_CASES)
+    assert set(CASES) | set(MORE_CASES) | set(K_CASES) == set(LOSSES)
+    assert not set(CASES) & set(MORE_CASES) and not (set(CASES) | set(MORE_CASES)) & set(K_CASES)
 
 
 @pytest.mark.parametrize("name, i", [(n, i) for n, cases in CASES.items() for i in range(len(cases))])
@@ -164,12 +166,18 @@ def margin_inputs(name: str, m: float, dtype=torch.float32) -> dict:
         if n == "desirable":
             out[n] = torch.tensor([True, False])
             continue
+        if n == "ranks":  # listwise terms: [B, K], the 'good' response ranked first
+            out[n] = torch.tensor([[0.0, 1.0], [0.0, 1.0]], dtype=dtype)
+            continue
         if n == "reward_shift":
             out[n] = RunningMean()
             continue
         source, seq, kind = parse_input(n)
         if kind == "tokens":  # token counts: the rejected response the longer one
             out[n] = torch.tensor([3.0, 3.0] if seq == "rejected" else [2.0, 2.0], dtype=dtype)
+            continue
+        if seq == "responses":  # [B, K] = [good, bad] per row
+            out[n] = torch.tensor([[good, bad]] * 2 if source == "policy" else [[ref, ref]] * 2, dtype=dtype)
             continue
         out[n] = torch.tensor(values[seq] if source == "policy" else [ref, ref], dtype=dtype)
     return out
@@ -201,7 +209,8 @@ def test_orpo_average_log_prob_at_zero_is_finite():
 
 # Which way descent should move each policy input: -1 = the loss falls as it rises (pushed up), +1 = pushed
 # down, 0 = no gradient. Per row, since KTO's rows differ. A new input name fails until it is listed here.
-SIGN = {"chosen": [-1, -1], "rejected": [1, 1], "chosen_corrupt": [1, 1], "completion": [-1, 1], "kl": [0, 0]}
+SIGN = {"chosen": [-1, -1], "rejected": [1, 1], "chosen_corrupt": [1, 1], "completion": [-1, 1], "kl": [0, 0],
+        "responses": [[-1, 1], [-1, 1]]}
 SIGN_OVERRIDES = {("apo_down", "policy_chosen"): [1, 1],  # APO-down lowers the winner too, by design
                   ("wpo", "policy_chosen_avg"): [0, 0], ("wpo", "policy_rejected_avg"): [0, 0]}  # detached weights
 
@@ -231,7 +240,9 @@ def test_kto_registry_entry_separates_labels_from_log_probs():
     spec = LOSSES["kto"]
     assert spec.data_inputs == ("desirable",)
     assert spec.sequences == {"completion", "kl"} and spec.needs_reference
-    assert all(s.data_inputs == () for n, s in LOSSES.items() if n != "kto")
+    listwise = [n for n, s in LOSSES.items() if "responses" in s.sequences]  # K responses: ranks [B, K]
+    assert all(LOSSES[n].data_inputs == ("ranks",) for n in listwise)
+    assert all(s.data_inputs == () for n, s in LOSSES.items() if n != "kto" and n not in listwise)
     assert LOSSES["conditional"].sequences == {"chosen", "chosen_corrupt"}
     assert not LOSSES["simpo"].needs_reference and not LOSSES["orpo"].needs_reference
 
