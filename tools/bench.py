@@ -20,6 +20,16 @@ packed vs unpacked. ``--skewed`` trains on a length-skewed multi-image set built
 
     python tools/bench.py --config configs/multi_image_dpo.yaml --skewed --threads 1 --rounds 5 \
         --variants shared+frozen_copy,shared+packed+frozen_copy -- --data.max_length 512
+
+``--k-responses K`` compares one K-response row per prompt with the pairwise expansion of the same ranking
+(K(K-1)/2 pairs per prompt) on video with 256 media tokens per clip (``VideoAdapter`` 16 frames x 16 patches),
+built at run time by ``tools/make_k_data.py`` from the demo clips: the pairs in the duplicated (concatenated)
+layout and in shared rows (each pair its own row, sigmoid), and the K responses in one row (``pairwise_expansion``,
+the same objective: DPO on every ordered pair, averaged). Every variant trains the same prompts per step (the
+pair variants take K(K-1)/2 times the batch size); the headline figure is prompts/s:
+
+    python tools/bench.py --config configs/video_dpo.yaml --k-responses 4 --threads 2 --rounds 3 \
+        --steps 4 --repeats 2 -- --data.batch_size 2
 """
 from __future__ import annotations
 
@@ -45,6 +55,20 @@ VARIANTS = {
     "shared+packed+frozen_copy": ["--data.layout", "shared", "--data.packing", "true", "--model.reference", "frozen_copy"],
     "shared+packed+none(sft)": ["--data.layout", "shared", "--data.packing", "true", "--model.losses",
                                 '[{"name": "sft"}]'],
+}
+
+# K responses per prompt (--k-responses): the shards and batch sizes are filled in at run time ({k_*})
+K_VIDEO = ["--model.adapters", json.dumps({"video": {"class_path": "modalities.VideoAdapter", "init_args": {
+    "encoder": "assets/tiny-siglip", "num_frames": 16, "spatial_pool": 1}}}), "--data.max_length", "512",
+    "--model.reference", "frozen_copy", "--data.shuffle_buffer", "1"]
+K_VARIANTS = {
+    "pairs+concatenated+frozen_copy": ["--data.layout", "concatenated", "--data.train_shards", "{k_pairs}",
+                                       "--data.batch_size", "{k_pair_batch}", *K_VIDEO],
+    "pairs+shared+frozen_copy": ["--data.layout", "shared", "--data.train_shards", "{k_pairs}",
+                                 "--data.batch_size", "{k_pair_batch}", *K_VIDEO],
+    "k_row+shared+frozen_copy": ["--data.layout", "shared", "--data.train_shards", "{k_ranked}",
+                                 "--data.batch_size", "{k_batch}", "--model.losses",
+                                 '[{"name": "pairwise_expansion"}]', *K_VIDEO],
 }
 
 
@@ -166,6 +190,17 @@ def check_logps(config: str, overrides: list[str], batches: int = 2) -> dict:
     return {"max_abs_diff": worst, "sequences": sequences, "shapes": shapes}
 
 
+def _override(overrides: list[str], key: str, default: int) -> int:
+    """The last value given for ``key`` among the ``--`` overrides (``--key value`` or ``--key=value``)."""
+    value = default
+    for i, a in enumerate(overrides):
+        if a == key and i + 1 < len(overrides):
+            value = int(overrides[i + 1])
+        elif a.startswith(key + "="):
+            value = int(a.split("=", 1)[1])
+    return value
+
+
 # dense bf16 tensor-core peaks, TFLOP/s (vendor datasheets, SXM parts); MFU is printed for these or --peak-tflops
 PEAK_BF16 = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.1}
 
@@ -193,6 +228,12 @@ def main() -> None:
     ap.add_argument("--skewed", action="store_true", help="train on a length-skewed multi-image set built at run "
                     "time into a temporary directory (tools/make_skewed_data.py: responses 5-300 tokens, 1-4 images "
                     "per prompt); use with --config configs/multi_image_dpo.yaml")
+    ap.add_argument("--k-responses", type=int, metavar="K", help="one K-response row per prompt vs the pairwise "
+                    "expansion (K(K-1)/2 pairs) in the duplicated layout and in shared rows, on video with 256 media "
+                    "tokens per clip built at run time (tools/make_k_data.py); use with --config configs/video_dpo.yaml "
+                    "and -- --data.batch_size B (prompts per step)")
+    ap.add_argument("--k-prompts", type=int, default=64, help=argparse.SUPPRESS)
+    ap.add_argument("--subst", default="{}", help=argparse.SUPPRESS)
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--child-logps", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("overrides", nargs="*", help="config overrides after --, e.g. -- --data.batch_size 4")
@@ -202,13 +243,32 @@ def main() -> None:
         print(json.dumps(check_logps(args.config, args.overrides)))
         return
     if args.child:
-        extra = [a.replace("{cache}", args.cache or "") for a in VARIANTS[args.child]]
-        print(json.dumps(run_variant(args.config, extra + args.overrides, args.steps, args.warmup,
-                                     args.repeats, args.threads)))
+        subst = {"{cache}": args.cache or "", **json.loads(args.subst)}
+        extra = list(VARIANTS.get(args.child) or K_VARIANTS[args.child])
+        for key, value in subst.items():
+            extra = [a.replace(key, str(value)) for a in extra]
+        # the K variants' shards and batch sizes come after the caller's overrides, so they win
+        order = args.overrides + extra if args.child in K_VARIANTS else extra + args.overrides
+        print(json.dumps(run_variant(args.config, order, args.steps, args.warmup, args.repeats, args.threads)))
         return
     results, notes = {}, []
     names = args.variants.split(",")
     cache = tempfile.mkdtemp(prefix="anyalign-bench-cache-")
+    subst: dict = {}
+    per_prompt = {}  # samples per prompt of each variant (K mode: pairs per prompt for the pair variants)
+    if args.k_responses:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from make_k_data import build as build_k
+        made = build_k(Path(cache) / "k", args.k_responses, args.k_prompts)
+        batch = _override(args.overrides, "--data.batch_size", 2)
+        npairs = made["pairs_per_prompt"]
+        subst = {"{k_pairs}": made["pairs"], "{k_ranked}": made["ranked"], "{k_batch}": batch,
+                 "{k_pair_batch}": batch * npairs}
+        names = [n for n in names if n in K_VARIANTS] or list(K_VARIANTS)
+        per_prompt = {n: (npairs if n.startswith("pairs") else 1) for n in names}
+        notes.append(f"K = {args.k_responses} ranked responses per prompt, {made['prompts']} video prompts (256 media "
+                     f"tokens per clip); the pair variants train the pairwise expansion, {npairs} pairs per prompt, "
+                     f"{batch * npairs} pairs per step; the K-row variant {batch} prompts per step")
     if args.skewed:  # the data go first, so later overrides still win
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from make_skewed_data import build
@@ -217,7 +277,7 @@ def main() -> None:
         resp = sorted(x for c, r, _ in made["lengths"] for x in (c, r))
         notes.append(f"length-skewed set: {len(made['lengths'])} pairs, responses {resp[0]}-{resp[-1]} tokens "
                      f"(median {resp[len(resp) // 2]}), 1-4 images per prompt")
-    if any("{cache}" in VARIANTS[n] for n in names):
+    if any("{cache}" in VARIANTS.get(n, ()) for n in names):
         t0 = time.perf_counter()
         out = subprocess.run([sys.executable, "-m", "anyalign", "precompute", "--config", args.config,
                               "--model.reference", "precomputed", "--model.reference_cache", cache,
@@ -232,12 +292,14 @@ def main() -> None:
         for name in names:
             cmd = [sys.executable, __file__, "--config", args.config, "--steps", str(args.steps), "--warmup",
                    str(args.warmup), "--repeats", str(args.repeats), "--threads", str(args.threads), "--child", name,
-                   "--cache", cache, "--", *args.overrides]
+                   "--cache", cache, "--subst", json.dumps(subst), "--", *args.overrides]
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode:
                 sys.exit(f"variant {name} failed:\n{out.stderr[-3000:]}")
             runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
     for name, rs in runs.items():  # the median round by samples/s; peak memory is the largest seen
+        for r in rs:
+            r["prompts_per_s"] = r["samples_per_s"] / per_prompt.get(name, 1)
         rs = sorted(rs, key=lambda r: r["samples_per_s"])
         results[name] = {**rs[len(rs) // 2], "peak_mib": max(r["peak_mib"] for r in rs),
                          "range": (rs[0]["samples_per_s"], rs[-1]["samples_per_s"])}
@@ -273,6 +335,18 @@ def main() -> None:
         print(f"log-probs, packed vs unpacked rows (initial policy, first training batches): max |difference| "
               f"{check['max_abs_diff']:.2e} over {check['sequences']} sequences" if "error" not in check
               else f"log-probs not compared: {check['error']}")
+    if per_prompt:  # K responses: prompts/s, the same prompts and preferences in every variant
+        k_row = results.get("k_row+shared+frozen_copy")
+        for name, r in results.items():
+            rng = [x / per_prompt[name] for x in r["range"]]
+            prompts = r["pairs"] / per_prompt[name]  # one timed block's prompts
+            print(f"{name}: {r['prompts_per_s']:.2f} prompts/s ({rng[0]:.2f}-{rng[1]:.2f} over rounds), "
+                  f"{r['tokens_per_s']:.0f} LM tokens/s, {r['tokens'] / prompts:.0f} LM tokens and "
+                  f"{r['rows'] / prompts:.1f} rows per prompt, peak {r['peak_mib']:.0f} MiB")
+        if k_row:
+            for name, r in results.items():
+                if name != "k_row+shared+frozen_copy":
+                    print(f"one K-response row vs {name}: {k_row['prompts_per_s'] / r['prompts_per_s']:.2f}x prompts/s")
     for note in notes:
         print(note)
     shutil.rmtree(cache, ignore_errors=True)
