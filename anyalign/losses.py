@@ -394,8 +394,8 @@ def _listwise(policy_responses, reference_responses, ranks, beta, reference_free
 @register("plackett_luce")
 def plackett_luce(policy_responses, reference_responses, ranks, beta: float = 0.1,
                   reference_free: bool = False) -> Out:
-    """Plackett-Luce DPO (Rafailov et al. 2023, Appendix A.3, eq. 18; listwise, as LiPO's ``list_mle``, Liu et
-    al. 2024): the negative log-likelihood of the ranking under a Plackett-Luce model of the implicit rewards
+    """Plackett-Luce DPO (Rafailov et al. 2023, Appendix A.3, the DPO objective under the Plackett-Luce model;
+    listwise, LiPO's ``list_mle``, Liu et al. 2024): the negative log-likelihood of the ranking under a Plackett-Luce model of the implicit rewards
     s = β r, -Σ_k [s_(k) - log Σ_{j ≥ k} exp s_(j)] over the responses in rank order, the last one left out
     (its term is 0). Ties (equal ranks, from equal scores) use Breslow's approximation: each tied response's
     denominator runs over every response of the same or a worse rank, and the worst rank's responses have
@@ -414,7 +414,8 @@ def plackett_luce(policy_responses, reference_responses, ranks, beta: float = 0.
 def multi_negative(policy_responses, reference_responses, ranks, beta: float = 0.1,
                    reference_free: bool = False) -> Out:
     """Multi-negative DPO, a softmax over one chosen and several rejected responses (S-DPO, Chen et al. 2024,
-    arXiv 2406.09215, eq. 10; InfoNCA with a one-hot target, Chen et al. 2024, arXiv 2402.05369):
+    arXiv 2406.09215, "DPO extended from the Plackett-Luce model to partial rankings"; InfoNCA with a one-hot
+    target, Chen et al. 2024, arXiv 2402.05369):
     -log [exp s_w / (exp s_w + Σ_{l worse} exp s_l)], s = β r, the chosen y_w the best-ranked response and
     the rejected all strictly worse ones. Several tied best responses each take the softmax over themselves
     and the worse ones, averaged. The first term of Plackett-Luce; for K = 2 it is DPO. Rewards: β r of the
