@@ -472,4 +472,26 @@ def test_fit_on_k_shards_runs(tmp_path, monkeypatch):
           "--model.losses", json.dumps([{"name": "plackett_luce"}])])
 
 
+def test_pair_term_on_k_data_with_a_precomputed_reference(tmp_path, monkeypatch):
+    """A pair term on K-response shards (best vs worst) trains with a precomputed reference: at the first step the
+    policy is the reference, so the loss is log 2."""
+    from anyalign.__main__ import main
+    from test_resume import _read
+    monkeypatch.chdir(ROOT)
+    url, cache, log = _write_k_shards(tmp_path, 8), tmp_path / "cache", tmp_path / "steps.jsonl"
+
+    def args(cmd, callbacks=()):
+        return [cmd, "--config", "configs/image_dpo.yaml", "--trainer.max_steps", "2", "--data.batch_size", "4",
+                "--data.train_shards", url, "--data.val_shards", url, "--trainer.enable_progress_bar", "false",
+                "--trainer.num_sanity_val_steps", "0", "--trainer.limit_val_batches", "0",
+                "--trainer.default_root_dir", str(tmp_path / cmd), "--data.num_workers", "0",
+                "--model.export_dir", "null", "--trainer.logger", "false", "--trainer.callbacks", json.dumps(callbacks),
+                "--model.reference", "precomputed", "--model.reference_cache", str(cache)]
+    main(args("precompute"))
+    assert json.loads((cache / "manifest.json").read_text())["sequences"] == ["chosen", "rejected"]
+    main(args("fit", [{"class_path": "test_resume.Recorder", "init_args": {"path": str(log)}}]))
+    steps = _read(log)
+    assert len(steps) == 2 and steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
+
+
 from test_attention import eager_flex  # noqa: E402,F401  (fixture)
