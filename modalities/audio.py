@@ -4,6 +4,10 @@
 Every clip is cropped or zero-padded to ``max_seconds`` on the CPU. Only the encoder positions covering
 ``max_seconds`` are kept (as Qwen2-Audio keeps the valid part of Whisper's 30 s window), then average-pooled
 over time by ``pool`` (Qwen2-Audio pools Whisper by 2).
+
+Negatives corrupt the sound, not the padding: the time operators (``reverse``, ``shift``, ``shuffle_segments``)
+and ``noise`` act on the span from the first to the last non-zero sample, so a corrupted clip's silence, and the
+length an encoder reads from it, are where the original's were (``modalities/corruptions.py``).
 """
 from __future__ import annotations
 
