@@ -23,7 +23,7 @@ What each family is and does, measured on tiny checkpoints: docs/families.md.
 """
 from __future__ import annotations
 
-from . import omni
+from .omni import OmniTokenizer, generate_kwargs as omni_generate_kwargs, positions as omni_positions
 from .spec import Family, merge, mrope_positions, sampling_rate
 
 __all__ = ["FAMILIES", "Family", "family_of", "merge"]
@@ -62,8 +62,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
                   "video": {"pixel_values_videos": "cat0", "video_grid_thw": "cat0", "video_second_per_grid": "cat0"},
                   "audio": {"input_features": "cat0", "feature_attention_mask": "cat0"}},
            encoders=("visual", "audio_tower"), projectors=("visual.merger", "audio_tower.proj"),
-           positions=omni.positions, call_kwargs=sampling_rate, tokenizer=omni.OmniTokenizer,
-           generate_kwargs=omni.generate_kwargs),
+           positions=omni_positions, call_kwargs=sampling_rate, tokenizer=OmniTokenizer,
+           generate_kwargs=omni_generate_kwargs),
 ]}
 
 
