@@ -44,6 +44,7 @@ class ReportCallback(L.Callback):
         hist = pl_module.val_history
         if hist:
             lines += held_out_summary(hist, unpaired=bool(getattr(trainer.datamodule, "unpaired", False)))
+        lines += online_summary(getattr(pl_module, "online_history", []))
         lines.append(f"[anyalign] bad samples skipped: {len(pl_module.skipped)}")
         for url, key, reason in pl_module.skipped[:50]:
             lines.append(f"    {url} :: {key}: {reason}")
@@ -74,6 +75,30 @@ def held_out_summary(history: list[dict], unpaired: bool = False) -> list[str]:
     if unpaired:
         lines.append("[anyalign]   a sample is right when its implicit reward log pi/pi_ref is > 0 for a desirable "
                      "completion and < 0 for an undesirable one")
+    return lines
+
+
+def online_summary(history: list[tuple[int, int, int, float]]) -> list[str]:
+    """The end-of-fit line of an online run (``AlignModule.online_history``, this rank's steps): the mean reward of
+    the sampled responses over the first and the last tenth of the steps, and the share of prompts left out because
+    their K rewards tied (all of them: a warning that nothing was trained online)."""
+    if not history:
+        return []
+    scored, tied = sum(h[1] for h in history), sum(h[2] for h in history)
+    if not scored:
+        return ["[anyalign] online: no sampled prompt was scored (every one was skipped)"]
+    tenth = max(1, len(history) // 10)
+
+    def mean(part):
+        n = sum(h[1] for h in part)
+        return sum(h[3] for h in part) / n if n else float("nan")
+    line = (f"[anyalign] online: {scored} prompts scored; mean reward of the samples {mean(history[:tenth]):.3f} over "
+            f"the first {tenth} step(s), {mean(history[-tenth:]):.3f} over the last {tenth}; {tied / scored:.0%} tied "
+            "(not trained)")
+    lines = [line]
+    if tied == scored:
+        lines.append("[anyalign] online: every prompt's sampled responses got the same reward, so nothing was trained "
+                     "online: start from a model whose answers the reward can tell apart (e.g. an SFT run's export)")
     return lines
 
 
@@ -116,6 +141,10 @@ class CurvesCallback(L.Callback):
                   f"trainer.log_every_n_steps={trainer.log_every_n_steps})")
             return
         print(f"[anyalign] training curves: {out}")
+        from .curves import plot_online
+        online = plot_online(metrics, metrics.with_name("online_rewards.png"))
+        if online is not None:
+            print(f"[anyalign] online reward curve: {online}")
 
 
 class ValidateAtEndCallback(L.Callback):

@@ -124,3 +124,48 @@ def plot_curves(metrics_csv: str | Path, out_png: str | Path) -> Path:
         fig.savefig(out)
         plt.close(fig)
     return out
+
+
+def plot_online(metrics_csv: str | Path, out_png: str | Path) -> Path | None:
+    """The reward curve of an online run (``online/*`` in ``metrics_csv``) into ``out_png`` (1200 x 450 px): the
+    mean reward of the sampled responses, of the best and of the worst of each prompt's K, against the optimizer
+    step, and the share of prompts whose K rewards tied (left out of the step). None if the run logged no reward."""
+    series = read_series(metrics_csv)
+    xs, ys = series.get("online/reward", ([], []))
+    if not xs:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    with plt.rc_context({"font.size": 11, "axes.titlesize": 13, "axes.grid": True, "grid.alpha": 0.3}):
+        fig, (reward_ax, tied_ax) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100, width_ratios=(2, 1))
+        many = len(xs) > 30
+        reward_ax.plot(xs, ys, color="tab:blue", alpha=0.35 if many else 1.0, marker=None if many else "o",
+                       markersize=3, label="mean of the K samples (each logged step)")
+        if many:
+            reward_ax.plot(xs, _smoothed(ys, max(2, len(xs) // 20)), color="tab:blue", label="mean (running mean)")
+        for column, label, color in (("online/reward_best", "best of K", "tab:green"),
+                                     ("online/reward_worst", "worst of K", "tab:red")):
+            bx, by = series.get(column, ([], []))
+            if bx:
+                reward_ax.plot(bx, _smoothed(by, max(2, len(bx) // 20)) if many else by, color=color, linewidth=1,
+                               label=label + (" (running mean)" if many else ""))
+        reward_ax.set(title="Reward of the responses sampled from the policy", xlabel="optimizer step",
+                      ylabel="reward")
+        reward_ax.legend()
+        tx, ty = series.get("online/tied", ([], []))
+        if tx:
+            tied_ax.plot(tx, _smoothed(ty, max(2, len(tx) // 20)) if len(tx) > 30 else ty, color="tab:gray")
+        tied_ax.set(title="Prompts whose K rewards tie (not trained)", xlabel="optimizer step",
+                    ylabel="share of online prompts", ylim=(-0.02, 1.02))
+        for ax in (reward_ax, tied_ax):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        fig.suptitle(f"{Path(metrics_csv).parent}", fontsize=10, color="gray")
+        fig.tight_layout()
+        out = Path(out_png)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out)
+        plt.close(fig)
+    return out

@@ -15,9 +15,9 @@ import copy
 import json
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from .model import MultimodalLM
+from .model import MultimodalLM, export_adapters, load_export_weights
 
 
 def _class_path(obj) -> str:
@@ -123,8 +123,6 @@ def save_llava(model: MultimodalLM, directory: str | Path, lm=None) -> Path:
 def load_aligned(directory: str | Path, trust_remote_code: bool = False) -> MultimodalLM:
     """Rebuild the exported model: an assembled MultimodalLM (LM, tokenizer with media tokens, adapters with their
     weights), or a pretrained family's export (its own format) as a FamilyLM."""
-    import importlib
-
     src = Path(directory)
     meta_file = src / "anyalign.json"
     if not meta_file.is_file():
@@ -135,16 +133,5 @@ def load_aligned(directory: str | Path, trust_remote_code: bool = False) -> Mult
             return build_policy(str(src), {}, trust_remote_code=trust_remote_code).eval()
         raise FileNotFoundError(f"not an anyalign export (no anyalign.json) nor a checkpoint of a known "
                                 f"multimodal family: {src}")
-    meta = json.loads(meta_file.read_text())
-    adapters = {}
-    for name, spec in meta["adapters"].items():
-        module, _, cls_name = spec["class_path"].rpartition(".")
-        cls = getattr(importlib.import_module(module), cls_name)
-        args = dict(spec["init_args"])
-        for k in spec.get("relative", []):
-            args[k] = str(src / args[k])
-        adapters[name] = cls(**args)
-    model = MultimodalLM(str(src / "lm"), adapters, trust_remote_code=trust_remote_code)
-    for name, adapter in model.adapters.items():
-        adapter.load_state_dict(load_file(str(src / "adapters" / name / "adapter.safetensors")))
-    return model.eval()
+    model = MultimodalLM(str(src / "lm"), export_adapters(src), trust_remote_code=trust_remote_code)
+    return load_export_weights(model, src).eval()

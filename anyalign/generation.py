@@ -103,17 +103,26 @@ def _pick(logits: torch.Tensor, cfg: GenerationConfig, rng: torch.Generator | No
 
 @torch.no_grad()
 def generate_batch(model: MultimodalLM, prepared: list[dict], cfg: GenerationConfig, use_cache: bool = True,
-                   rng: torch.Generator | None = None, blocked: list | None = None) -> list[list[int]]:
+                   rng: torch.Generator | None = None, blocked: list | None = None,
+                   num_samples: int = 1) -> list[list[int]]:
     """Token ids generated for each prepared prompt (stop token excluded).
+
+    ``num_samples`` (K): answers per prompt, returned prompt by prompt (prompt 0's K answers first). The
+    prompts and their media are embedded once and the embeddings repeated K times, so each medium is encoded
+    once for its K answers (online DPO samples K responses per prompt this way).
 
     ``blocked`` (off by default): per prompt, indices into its ``ids`` whose keys no position may attend to
     (BDHS hides media tokens this way). They are zeros in the attention mask only; the position ids still
     come from the padding mask, so no position shifts. ``None`` leaves generation exactly as it is."""
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     if hasattr(model, "generate_ids"):  # a pretrained family: its own generate (M-RoPE, Gemma 3's image blocks)
         if blocked is not None:
             raise NotImplementedError("blocking attention to prompt positions is not supported for a pretrained "
                                       f"family ({type(model).__name__}): it generates with its own generate")
-        return model.generate_ids(prepared, cfg, use_cache, rng, _stop_ids(model))
+        # its own generate takes the processed media per row: each prompt is repeated K times
+        return model.generate_ids([p for p in prepared for _ in range(num_samples)], cfg, use_cache, rng,
+                                  _stop_ids(model))
     device = next(model.parameters()).device
     pad = model.tokenizer.pad_token_id
     n, length = len(prepared), max(len(p["ids"]) for p in prepared)
@@ -136,7 +145,10 @@ def generate_batch(model: MultimodalLM, prepared: list[dict], cfg: GenerationCon
                     raise IndexError(f"blocked positions of prompt {i} outside its {len(p['ids'])} tokens")
                 attn[i, length - len(p["ids"]) + where.to(device)] = 0
     batch_media = move_data_to_device({m: model.adapters[m].collate(items) for m, items in media.items()}, device)
-    embeds = model.embed(ids, batch_media)  # media encoded once, for the whole generation
+    embeds = model.embed(ids, batch_media)  # media encoded once, for the whole generation (and all K samples)
+    if num_samples > 1:
+        ids, mask, attn, embeds = (t.repeat_interleave(num_samples, dim=0) for t in (ids, mask, attn, embeds))
+        n *= num_samples
     stops, emb_layer = _stop_ids(model), model.lm.get_input_embeddings()
     out = [[] for _ in range(n)]
     done = torch.zeros(n, dtype=torch.bool, device=device)

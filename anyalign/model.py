@@ -206,3 +206,57 @@ class MultimodalLM(nn.Module):
         hidden = self.lm.get_decoder()(inputs_embeds=embeds, attention_mask=mask,
                                        position_ids=batch["position_ids"], use_cache=False).last_hidden_state
         return gather_logps(hidden, self.lm.get_output_embeddings(), batch, self.softcap)
+
+
+def is_export(directory: str | Path) -> bool:
+    """An anyalign export of an assembled model (``anyalign/export.py``): it holds ``anyalign.json``."""
+    return (Path(directory) / "anyalign.json").is_file()
+
+
+def export_adapters(directory: str | Path) -> dict[str, ModalityAdapter]:
+    """The adapters of an anyalign export, rebuilt from their class paths and init args (the LM is
+    ``directory/lm``); ``load_export_weights`` gives them their trained weights once a ``MultimodalLM`` holds them
+    (their projectors are sized to the LM there)."""
+    import importlib
+    import json
+
+    src = Path(directory)
+    meta = json.loads((src / "anyalign.json").read_text())
+    adapters = {}
+    for name, spec in meta["adapters"].items():
+        module, _, cls_name = spec["class_path"].rpartition(".")
+        cls = getattr(importlib.import_module(module), cls_name)
+        args = dict(spec["init_args"])
+        for k in spec.get("relative", []):
+            args[k] = str(src / args[k])
+        adapters[name] = cls(**args)
+    return adapters
+
+
+def load_export_weights(model: "MultimodalLM", directory: str | Path) -> "MultimodalLM":
+    """The trained adapter weights of an export (``adapters/<name>/adapter.safetensors``) into ``model``'s adapters."""
+    from safetensors.torch import load_file
+    for name, adapter in model.adapters.items():
+        adapter.load_state_dict(load_file(str(Path(directory) / "adapters" / name / "adapter.safetensors")))
+    return model
+
+
+def check_export_adapters(directory: str | Path, exported: dict, configured: dict) -> None:
+    """``model.lm`` is an export and ``model.adapters`` is set too: the export's trained adapters are used, so the
+    configured ones must be the same modalities and classes (else ValueError naming the key); init args that differ
+    are named in a warning (the export's hold)."""
+    if sorted(configured) != sorted(exported):
+        raise ValueError(f"model.lm {directory} is an anyalign export with adapters {sorted(exported)}, but "
+                         f"model.adapters names {sorted(configured)}: leave model.adapters out (the export brings "
+                         "its own, trained) or name the same modalities")
+    for name, adapter in configured.items():
+        mine, theirs = type(adapter), type(exported[name])
+        if mine is not theirs:
+            raise ValueError(f"model.adapters.{name} is a {mine.__name__}, but the export {directory} holds a "
+                             f"{theirs.__name__}: leave model.adapters out (the export brings its own)")
+        paths = {k for k, v in exported[name].init_args.items() if isinstance(v, str) and Path(v).is_relative_to(directory)}
+        differ = sorted(k for k, v in adapter.init_args.items()
+                        if k not in paths and exported[name].init_args.get(k, v) != v)
+        if differ:
+            log.warning("model.adapters.%s: %s differ from the export %s; the export's trained adapter is used as "
+                        "it was exported", name, ", ".join(differ), directory)

@@ -11,6 +11,7 @@ import math
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
 from torch import nn
 
@@ -52,6 +53,7 @@ class AlignModule(L.LightningModule):
         freeze: list[str] | None = None,
         media: dict[str, dict] | None = None,
         processor_kwargs: dict | None = None,
+        online: dict | None = None,
     ):
         """
         Args:
@@ -93,6 +95,9 @@ class AlignModule(L.LightningModule):
                 ``{video: {num_frames: 8, fps: 2}, audio: {max_seconds: 30}}``.
             processor_kwargs: pretrained multimodal models only: passed to ``AutoProcessor.from_pretrained``
                 (e.g. ``{max_pixels: 401408}`` for Qwen2-VL).
+            online: online and mixed DPO (with ``data.online_fraction`` > 0): K responses per online prompt sampled
+                from the policy in each training step, ranked by a reward, e.g. ``{samples: 4, reward: {class_path:
+                anyalign.online.TokenF1}, temperature: 1.0, max_new_tokens: 64}`` (see ``anyalign/online``).
         """
         super().__init__()
         self.save_hyperparameters(ignore=["adapters"])
@@ -125,7 +130,16 @@ class AlignModule(L.LightningModule):
         # running state of terms that keep one (BCO's reward mean): buffers, so checkpoints hold them
         self.term_state = nn.ModuleDict({str(i): RunningMean() for i, t in enumerate(self.terms)
                                          if t["spec"].state})
+        if online is not None:
+            from .online import OnlineSampler
+            self.online = OnlineSampler(online)
+            if self.needs.unpaired:
+                raise ValueError("model.online samples K responses to rank; the loss terms train on unpaired samples "
+                                 "(KTO): use a paired or listwise loss")
+        else:
+            self.online = None
         self.skipped: list[tuple[str, str, str]] = []
+        self.online_history: list[tuple[int, int, int, float]] = []  # (step, prompts scored, tied, reward sum)
         self.val_history: list[dict] = []
         self._held_out = HeldOut()
 
@@ -206,10 +220,47 @@ class AlignModule(L.LightningModule):
                             out.tokens[ix].long().tolist()))
         return records
 
+    def _online_batch(self, batch: dict) -> dict:
+        """An online batch (``pipeline.Deferred``): K responses sampled for its online examples and ranked by the
+        reward, then the whole batch collated as an offline one would be (its reward figures logged)."""
+        data = self.trainer.datamodule
+        examples, skipped, stats = self.online(self.policy, batch["examples"], data.tokenizer(), self.global_step,
+                                               self.global_rank)
+        if examples:
+            out = move_data_to_device(data.train_collator()(examples), self.device)
+        else:
+            out = {"num_sequences": 0, "keys": []}
+        out["skipped"] = list(batch.get("skipped", [])) + skipped
+        if stats.prompts:
+            scored = stats.rewards
+            self.online_history.append((self.global_step, len(scored), stats.tied,
+                                        sum(sum(r) / len(r) for r in scored)))
+            values = [r for rewards in scored for r in rewards]
+            log = {"online/prompts": float(stats.prompts), "online/tied": stats.tied / max(len(scored), 1),
+                   "online/generate_s": stats.seconds}
+            if values:
+                log |= {"online/reward": sum(values) / len(values),
+                        "online/reward_best": sum(max(r) for r in scored) / len(scored),
+                        "online/reward_worst": sum(min(r) for r in scored) / len(scored),
+                        "online/response_tokens": sum(stats.tokens) / max(len(stats.tokens), 1)}
+            for k, v in log.items():
+                self.log(k, v, prog_bar=k == "online/reward", batch_size=max(len(scored), 1))
+        return out
+
+    def _nothing_to_train(self):
+        """A step without a sequence to score: skipped on one process; under several, a zero loss that reaches
+        every trainable parameter, so this rank still joins the gradient all-reduce the others wait in."""
+        if self.trainer.world_size == 1:
+            return None
+        return sum((p.sum() * 0.0 for p in self.policy.parameters() if p.requires_grad), torch.zeros((), device=self.device))
+
     def training_step(self, batch: dict, batch_idx: int):
+        online = "examples" in batch
+        if online:  # responses sampled from the policy as it is now
+            batch = self._online_batch(batch)
         out = self._step(batch, "train")
         if out is None:
-            return None
+            return self._nothing_to_train() if online else None
         loss, metrics, _ = out
         bs = len(batch["keys"])
         self.log("train/loss", metrics.pop("loss"), prog_bar=True, batch_size=bs)
@@ -268,6 +319,11 @@ class AlignModule(L.LightningModule):
         strategy = self.trainer.strategy
         # FSDP and DeepSpeed rewrite the policy's modules in place: nothing of it can be shared there
         unsharded = isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)) and not isinstance(strategy, DeepSpeedStrategy)
+        online = self.online is not None and getattr(self.trainer.datamodule, "online_fraction", 0) > 0
+        if online and not unsharded and self.trainer.state.fn == "fit":
+            raise ValueError(f"online sampling (data.online_fraction > 0) runs generation on each rank's own prompts, "
+                             f"which a sharded model ({type(strategy).__name__}) cannot do rank by rank: use "
+                             "trainer.strategy=ddp")
         self.reference.setup(self.policy, self.device, share_frozen=unsharded)
 
     on_validation_start = on_test_start = on_predict_start = on_fit_start
@@ -278,6 +334,15 @@ class AlignModule(L.LightningModule):
     def bind_data(self, data) -> None:
         """Late binding of the data module to this model: tokenizer, adapters, negatives, sequence needs and
         the reference's own data stages (a precomputed cache, checked against the data settings here)."""
+        fraction = getattr(data, "online_fraction", 0.0)
+        if fraction > 0 and self.online is None:
+            raise ValueError(f"data.online_fraction={fraction} needs model.online (how to sample and reward the "
+                             "responses), e.g. {samples: 4, reward: {class_path: anyalign.online.TokenF1}}")
+        if fraction > 0 and self.hparams.reference == "precomputed":
+            raise ValueError("model.reference=precomputed cannot score responses sampled during training "
+                             f"(data.online_fraction={fraction}): use frozen_copy or adapter_disabled")
+        if self.online is not None and fraction == 0:
+            log.warning("model.online is set but data.online_fraction is 0: training on offline pairs only")
         data.bind(self.policy, self.negatives, self.needs, self.reference)
 
     def configure_optimizers(self):

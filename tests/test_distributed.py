@@ -337,3 +337,19 @@ def test_single_process_option_trains(option, value, batches, tmp_path, monkeypa
         assert rank["gradient_checkpointing"]
     if option == "trainer.precision":
         assert rank["precision"] == "bf16-mixed"
+
+
+def test_ddp_online_each_rank_samples_its_own_prompts(tmp_path):
+    """Online DPO under DDP: each rank samples and scores its own prompts; a rank whose prompts all tie (nothing
+    to train) still joins the gradient all-reduce with a zero loss, so no rank waits forever and the weights stay
+    identical across ranks."""
+    cmd = [sys.executable, "-m", "anyalign", "fit", "--config", "configs/image_mixed_dpo.yaml",
+           *overrides(tmp_path, *DDP[:-2], "--data.batch_size", "4", "--trainer.max_steps", "3",
+                      "--data.online_fraction", "1.0", "--model.online",
+                      '{"samples": 2, "max_new_tokens": 6, "reward": {"class_path": "online_rewards.TiesOnRankOne"}}')]
+    ranks, _ = launch(cmd, tmp_path, timeout=240)
+    assert [r["rank"] for r in ranks] == [0, 1] and all(r["global_step"] == 3 for r in ranks)
+    assert not set(keys_of(ranks[0])) & set(keys_of(ranks[1]))
+    assert ranks[0]["policy_sha"] == ranks[1]["policy_sha"]
+    assert [b["loss"] for b in ranks[1]["train"]] == [0.0] * 3  # nothing to train: the zero loss
+    assert all(b["loss"] not in (None, 0.0) for b in ranks[0]["train"])

@@ -17,7 +17,7 @@ LAYERS = [
     (1, ["anyalign.losses", "anyalign.logprobs", "modalities"]),                        # pure functions, adapters
     (2, ["anyalign.data"]),                                                             # the training data flow
     (3, ["anyalign.model", "anyalign.generation", "anyalign.families"]),
-    (4, ["anyalign.reference"]),
+    (4, ["anyalign.reference", "anyalign.online"]),
     (5, ["anyalign.module", "anyalign.metrics", "anyalign.callbacks", "anyalign.export", "anyalign.checkpoint",
          "anyalign.curves"]),
     (6, ["anyalign.cli", "anyalign.__main__", "anyalign.commands", "anyalign.precompute", "anyalign.inspector", "anyalign.convert",

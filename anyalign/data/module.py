@@ -18,8 +18,8 @@ from .negatives import reliance_spec
 from .loading import (Compose, EpochLoader, EqualBatches, check_sample_kind, count_samples, expand_shards,
                       idle_readers, resume_position)
 from .scan import example_stages, preflight
-from .pipeline import (PreferenceStream, batched, check_kind, decode, pack_order, rank_and_world, tokenize, unpair,
-                       worker_init)
+from .pipeline import (Deferred, PreferenceStream, batched, check_kind, decode, pack_order, rank_and_world, route_online,
+                       tokenize, unpair, worker_init)
 from .template import PreferenceTokenizer
 
 log = logging.getLogger("anyalign")
@@ -43,6 +43,7 @@ class PreferenceDataModule(L.LightningDataModule):
         seed: int = 0,
         preflight_max_bad_fraction: float | None = None,
         packing: bool | int = False,
+        online_fraction: float = 0.0,
     ):
         """
         Args:
@@ -68,6 +69,10 @@ class PreferenceDataModule(L.LightningDataModule):
                 are those of its own row. ``batch_size`` still counts pairs: each batch's pairs go into as few
                 rows as fit (a pair longer than a row gets one of its own). Models that build their own masks
                 (pretrained families) train unpacked, with a warning.
+            online_fraction: online and mixed DPO: the share of training samples whose responses are sampled
+                from the policy during the step and ranked by ``model.online``'s reward (0: offline pairs only,
+                1: all online, 0.5: half and half, spread evenly through each batch). Samples with only a prompt
+                (and an ``answer`` for a rule-based reward) are always online.
         """
         super().__init__()
         if batch_size < 1:
@@ -78,6 +83,9 @@ class PreferenceDataModule(L.LightningDataModule):
             raise ValueError(f"data.max_length must be >= 2, got {max_length}")
         if packing is not True and packing is not False and (not isinstance(packing, int) or packing < 2):
             raise ValueError(f"data.packing must be true, false or a row length in tokens >= 2, got {packing!r}")
+        if isinstance(online_fraction, bool) or not isinstance(online_fraction, (int, float)) or \
+                not 0 <= online_fraction <= 1:
+            raise ValueError(f"data.online_fraction must be a number in [0, 1], got {online_fraction!r}")
         if preflight_max_bad_fraction is not None and not 0 <= preflight_max_bad_fraction <= 1:
             raise ValueError(f"data.preflight_max_bad_fraction must be in [0, 1], got {preflight_max_bad_fraction}")
         self.train_urls = expand_shards(train_shards, "data.train_shards")
@@ -86,7 +94,7 @@ class PreferenceDataModule(L.LightningDataModule):
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
         self.num_workers, self.shuffle_buffer, self.max_length = num_workers, shuffle_buffer, max_length
         self.layout, self.pad_to_multiple_of = layout, pad_to_multiple_of
-        self.packing = packing
+        self.packing, self.online_fraction = packing, float(online_fraction)
         self.samples_per_epoch, self.seed, self.unpair = samples_per_epoch, seed, unpair
         self.model, self.reference_stages = None, []
         self.negatives, self.train_negatives, self.unpaired, self.listwise = None, False, False, False
@@ -158,19 +166,32 @@ class PreferenceDataModule(L.LightningDataModule):
             self.preflight_report = preflight(self.train_urls, example_stages(self), self.preflight_max_bad_fraction,
                                               self.num_workers)
 
-    def _process(self, batch_size: int, negatives: dict | None = None, digest: bool = False):
+    def tokenizer(self):
+        """The model's preference tokenizer at ``max_length`` (a pretrained family brings its own: its processor
+        expands the placeholders and processes the media)."""
         m = self.model
-        adapters = dict(m.adapters.items())
-        # a pretrained family brings its own (its processor expands the placeholders and processes the media)
         make = getattr(m, "preference_tokenizer", None)
-        tok = make(self.max_length) if make else PreferenceTokenizer(m.tokenizer, m.media_token_ids, self.max_length)
-        pack = self.pack_length
-        collate = Collator(self.layout, m.tokenizer.pad_token_id, adapters, self.pad_to_multiple_of, negatives, self.seed,
-                           pack, self.listwise)
+        return make(self.max_length) if make else PreferenceTokenizer(m.tokenizer, m.media_token_ids, self.max_length)
+
+    def collator(self, negatives: dict | None = None) -> Collator:
+        return Collator(self.layout, self.model.tokenizer.pad_token_id, dict(self.model.adapters.items()),
+                        self.pad_to_multiple_of, negatives, self.seed, self.pack_length, self.listwise)
+
+    def train_collator(self) -> Collator:
+        """What collates a training batch (in the training step for online batches: ``pipeline.Deferred``)."""
+        return self.collator(self.negatives if self.train_negatives else None)
+
+    def _process(self, batch_size: int, negatives: dict | None = None, digest: bool = False, online: bool = False):
+        adapters = dict(self.model.adapters.items())
+        tok, pack = self.tokenizer(), self.pack_length
+        online = online and self.online_fraction > 0  # online batches are collated in the training step
+        collate = Deferred() if online else self.collator(negatives)
         return Compose([
-            partial(decode, adapters=adapters, digest=digest or bool(self.reference_stages)),  # raw sample -> media tensors
+            partial(decode, adapters=adapters, digest=digest or bool(self.reference_stages),  # raw sample -> media tensors
+                    prompt_only=online),
             *([unpair] if self.unpair else []),                    # pair -> two unpaired samples
             partial(check_kind, unpaired=self.unpaired),           # the other kind of sample is bad
+            *([partial(route_online, fraction=self.online_fraction)] if online else []),  # responses from the policy
             partial(tokenize, tokenizer=tok, adapters=adapters),   # -> token ids, placeholders expanded
             *self.reference_stages,                                # e.g. stored reference values
             *([partial(pack_order, batch_size=batch_size, capacity=pack)]  # batches that fill packed rows
@@ -178,8 +199,9 @@ class PreferenceDataModule(L.LightningDataModule):
             partial(batched, batch_size=batch_size, collate=collate),  # examples -> batches
         ])
 
-    def _loader(self, urls: list[str], batch_size: int, shuffle: bool, negatives: dict | None):
-        stream = PreferenceStream(urls, self._process(batch_size, negatives), shuffle, self.shuffle_buffer, self.seed)
+    def _loader(self, urls: list[str], batch_size: int, shuffle: bool, negatives: dict | None, online: bool = False):
+        stream = PreferenceStream(urls, self._process(batch_size, negatives, online=online), shuffle,
+                                  self.shuffle_buffer, self.seed)
         epoch, skip = resume_position(self.trainer) if shuffle else (0, 0)
         loader = EpochLoader(stream, epoch, skip, num_workers=self.num_workers, worker_init_fn=worker_init,
                              persistent_workers=False)
@@ -191,7 +213,8 @@ class PreferenceDataModule(L.LightningDataModule):
         return EqualBatches(loader, n)
 
     def train_dataloader(self):
-        return self._loader(self.train_urls, self.batch_size, True, self.negatives if self.train_negatives else None)
+        return self._loader(self.train_urls, self.batch_size, True, self.negatives if self.train_negatives else None,
+                            online=True)
 
     def val_dataloader(self):
         if not self.val_urls:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import random
 import re
 import tarfile
@@ -101,9 +102,10 @@ def shuffle_buffer(src: Iterator, size: int, rng: random.Random) -> Iterator:
     yield from buf
 
 
-def decode(src: Iterator, adapters: dict, digest: bool = False) -> Iterator[dict | Skipped]:
+def decode(src: Iterator, adapters: dict, digest: bool = False, prompt_only: bool = False) -> Iterator[dict | Skipped]:
     """Raw sample -> ``{"key", "url", "messages", "responses", "media": {modality: [tensor, ...]}}``, plus
-    the raw members' ``digest`` if asked (to match precomputed reference log-probs to their sample)."""
+    the raw members' ``digest`` if asked (to match precomputed reference log-probs to their sample).
+    ``prompt_only``: samples without responses are kept (``"responses": {}``), for online training."""
     for raw in src:
         if isinstance(raw, Skipped):
             yield raw
@@ -112,7 +114,7 @@ def decode(src: Iterator, adapters: dict, digest: bool = False) -> Iterator[dict
         try:
             if "json" not in raw:
                 raise BadSample("no KEY.json member")
-            record = parse_record(raw["json"])
+            record = parse_record(raw["json"], prompt_only)
             media = {}
             text = " ".join(m["content"] for m in record["messages"])
             for modality, adapter in adapters.items():
@@ -172,6 +174,28 @@ def check_kind(src: Iterator, unpaired: bool) -> Iterator[dict | Skipped]:
         yield ex
 
 
+def route_online(src: Iterator, fraction: float) -> Iterator[dict | Skipped]:
+    """Online DPO (``data.online_fraction``): mark examples ``online`` (their responses are sampled from the
+    policy in the training step) in the proportion ``fraction``, spread evenly over the stream: example i is
+    online while fewer than floor((i + 1)·f) of the first i + 1 are, so each run of n examples from the start holds
+    floor(n·f) online ones. A prompt-only sample (no responses in its ``KEY.json``) is always online, and counts
+    towards the share (pairs after it stay offline until the share catches up). An online example keeps its
+    ``messages`` and ``answer`` for the reward, and loses its own responses."""
+    seen = online_seen = 0
+    for ex in src:
+        if isinstance(ex, Skipped):
+            yield ex
+            continue
+        seen += 1
+        online = not ex["responses"] or online_seen < math.floor(seen * fraction)
+        online_seen += online
+        if online:
+            ex = {**ex, "responses": {}, "online": True}
+            ex.pop("weights", None)
+            ex.pop("ranks", None)
+        yield ex
+
+
 def tokenize(src: Iterator, tokenizer, adapters: dict) -> Iterator[dict | Skipped]:
     """Adds ``prompt`` (placeholders expanded) and tokenized ``responses``, plus per-token ``weights`` for
     the responses that carry weighted spans (none otherwise)."""
@@ -195,7 +219,8 @@ def tokenize(src: Iterator, tokenizer, adapters: dict) -> Iterator[dict | Skippe
                 reason += f"; ignored member(s): {ex['ignored']}"
             yield Skipped(ex["url"], ex["key"], reason)
             continue
-        extra = {k: ex[k] for k in ("desirable", "digest", "ranks") if k in ex}
+        keep = ("desirable", "digest", "ranks") + (("online", "messages", "answer") if ex.get("online") else ())
+        extra = {k: ex[k] for k in keep if k in ex}
         yield {"key": ex["key"], "url": ex["url"], "media": ex["media"], **ids, **extra}
 
 
@@ -253,6 +278,15 @@ def pack_order(src: Iterator, batch_size: int, capacity: int, buffer: int = 2) -
             yield from one_batch()
     while window:
         yield from one_batch()
+
+
+class Deferred:
+    """The collate of online training batches (``data.online_fraction`` > 0): the tokenized examples as they
+    are, collated in the training step once the online ones have their sampled responses."""
+
+    def __call__(self, examples: list[dict]) -> dict:
+        return {"examples": examples, "keys": [ex["key"] for ex in examples],
+                "urls": [ex.get("url", "") for ex in examples], "num_sequences": None}
 
 
 def batched(src: Iterator, batch_size: int, collate: Callable[[list], dict]) -> Iterator[dict]:

@@ -20,7 +20,7 @@ log = logging.getLogger("anyalign")
 
 def example_stages(dm) -> list[Callable]:
     """The stages of a bound DataModule that can reject a sample: its own ``decode`` and ``tokenize``."""
-    return [s for s in dm._process(1).stages if getattr(s, "func", None) in (decode, tokenize)]
+    return [s for s in dm._process(1, online=True).stages if getattr(s, "func", None) in (decode, tokenize)]
 
 
 def _note_members(src: Iterator, seen: dict) -> Iterator:

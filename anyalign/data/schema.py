@@ -174,10 +174,12 @@ def _weights(record: dict, responses: dict[str, str]) -> dict[str, list[tuple[in
     return out
 
 
-def parse_record(data: bytes) -> dict:
+def parse_record(data: bytes, prompt_only: bool = False) -> dict:
     """``KEY.json`` bytes -> ``{"messages": [...], "responses": {"chosen": str, "rejected": str}}``, or for
     an unpaired sample ``{"messages": [...], "responses": {"completion": str}, "desirable": bool}``, or for a
     K-response sample ``{"messages": [...], "responses": {"response_0": str, ...}, "ranks": [int, ...]}``.
+    ``prompt_only`` (online training): a sample with a prompt and none of the responses parses to
+    ``"responses": {}`` (its responses are sampled from the policy) instead of being bad.
 
     A sample with weighted spans also gets ``"weights": {response: [(start, end, weight), ...]}`` (sorted,
     validated; only responses with at least one span appear); a sample without has no ``"weights"`` key."""
@@ -197,6 +199,8 @@ def parse_record(data: bytes) -> dict:
             raise BadSample("unpaired sample needs a boolean 'label' (true = desirable)")
         responses = {"completion": _text(record["completion"], "completion")}
         out = {"messages": _messages(record), "responses": responses, "desirable": record["label"]}
+    elif prompt_only and not any(f in record for f in RESPONSES):
+        out = {"messages": _messages(record), "responses": {}}
     else:
         missing = [f for f in RESPONSES if f not in record]
         if missing:

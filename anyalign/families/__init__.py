@@ -45,7 +45,14 @@ def build_policy(lm: str, adapters: dict, attn_implementation: str = "sdpa", tor
         if value is not None:
             raise ValueError(f"model.{key} applies to a pretrained multimodal checkpoint in model.lm; {lm} is not "
                              f"one of a known family ({', '.join(FAMILIES)}) or adapters are configured")
-    from ..model import MultimodalLM
+    from ..model import MultimodalLM, check_export_adapters, export_adapters, is_export, load_export_weights
+    if is_export(lm):  # an anyalign export (e.g. an SFT run's): its LM and its trained adapters, training goes on
+        exported = export_adapters(lm)
+        if adapters:
+            check_export_adapters(lm, exported, dict(adapters))
+        model = MultimodalLM(str(Path(lm) / "lm"), exported, attn_implementation, torch_dtype, chat_template,
+                             gradient_checkpointing, trust_remote_code, lora)
+        return load_export_weights(model, lm)
     return MultimodalLM(lm, dict(adapters), attn_implementation, torch_dtype, chat_template, gradient_checkpointing,
                         trust_remote_code, lora)
 
