@@ -290,3 +290,25 @@ def test_fit_starts_from_an_export_with_its_trained_adapters(image_model, tmp_pa
     with pytest.raises(ValueError, match=r"model.lm .* is an anyalign export with adapters \['image'\], but "
                                          r"model.adapters names \['video'\]"):
         AlignModule(lm=str(export), adapters={"video": VideoAdapter(encoder=str(ROOT / "assets" / "tiny-siglip"))})
+
+
+def test_a_pretrained_family_samples_online(tiny_family):
+    """A pretrained family's policy (its own processor and generate): K answers per prompt from the family model,
+    tokenized by its own chat template into a ranked K-response example."""
+    from test_family_generation import first_sample
+    from test_families import policy
+    from anyalign.generation import prepare
+    model = policy(tiny_family, "qwen2_vl").train()
+    ready = prepare(model, first_sample(model, "image"))
+    example = {"key": "f0", "url": "u", "messages": ready["messages"], "answer": "a cat", "prompt": ready["ids"],
+               "media": ready["media"], "responses": {}, "online": True}
+    sampler = OnlineSampler({"samples": 3, "reward": {"class_path": "TokenF1"}, "max_new_tokens": 5})
+    sampler.reward = lambda sample, responses: [float(len(r)) for r in responses]
+    texts, _, _ = sampler.sample(model, [example], step=0)
+    assert len(texts[0]) == 3 and len(set(texts[0])) > 1 and model.training
+    out, skipped, stats = sampler(model, [example], model.preference_tokenizer(512), step=0)
+    assert not skipped and (stats.prompts, stats.tied) == (1, 0)
+    (row,) = out
+    tok = model.preference_tokenizer(512)
+    assert [row["responses"][f"response_{k}"] for k in range(3)] == [
+        tok.response_ids(ready["messages"], tok.render(ready["messages"]), t) for t in texts[0]]
