@@ -320,10 +320,12 @@ class AlignModule(L.LightningModule):
         # FSDP and DeepSpeed rewrite the policy's modules in place: nothing of it can be shared there
         unsharded = isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)) and not isinstance(strategy, DeepSpeedStrategy)
         online = self.online is not None and getattr(self.trainer.datamodule, "online_fraction", 0) > 0
-        if online and not unsharded and self.trainer.state.fn == "fit":
-            raise ValueError(f"online sampling (data.online_fraction > 0) runs generation on each rank's own prompts, "
-                             f"which a sharded model ({type(strategy).__name__}) cannot do rank by rank: use "
-                             "trainer.strategy=ddp")
+        if online and self.trainer.state.fn == "fit":
+            if not unsharded:
+                raise ValueError(f"online sampling (data.online_fraction > 0) runs generation on each rank's own "
+                                 f"prompts, which a sharded model ({type(strategy).__name__}) cannot do rank by rank: "
+                                 "use trainer.strategy=ddp")
+            self.online.bind(self.policy)  # a reward model or judge is loaded now: a bad path fails before step 0
         self.reference.setup(self.policy, self.device, share_frozen=unsharded)
 
     on_validation_start = on_test_start = on_predict_start = on_fit_start

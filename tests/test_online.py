@@ -312,3 +312,10 @@ def test_a_pretrained_family_samples_online(tiny_family):
     tok = model.preference_tokenizer(512)
     assert [row["responses"][f"response_{k}"] for k in range(3)] == [
         tok.response_ids(ready["messages"], tok.render(ready["messages"]), t) for t in texts[0]]
+
+
+def test_a_reward_model_that_cannot_load_fails_naming_the_key(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(ValueError, match=r"model.online.reward \(RewardModel\) cannot load its model: .*no-such-rm"):
+        _fit("configs/image_mixed_dpo.yaml", tmp_path, "--model.online",
+             f'{{"reward": {{"class_path": "RewardModel", "init_args": {{"model": "{tmp_path}/no-such-rm"}}}}}}')

@@ -100,8 +100,12 @@ class OnlineSampler:
         self._bound = False
 
     def bind(self, policy) -> None:
+        """The reward's own ``bind(policy)``, once (a reward model or judge loads its checkpoint here)."""
         if not self._bound and hasattr(self.reward, "bind"):
-            self.reward.bind(policy)
+            try:
+                self.reward.bind(policy)
+            except OSError as e:
+                raise ValueError(f"model.online.reward ({type(self.reward).__name__}) cannot load its model: {e}") from e
         self._bound = True
 
     def rng(self, device, step: int, rank: int) -> torch.Generator:
