@@ -52,6 +52,7 @@ class AlignModule(L.LightningModule):
         freeze: list[str] | None = None,
         media: dict[str, dict] | None = None,
         processor_kwargs: dict | None = None,
+        lr_groups: dict[str, float] | None = None,
     ):
         """
         Args:
@@ -93,6 +94,9 @@ class AlignModule(L.LightningModule):
                 ``{video: {num_frames: 8, fps: 2}, audio: {max_seconds: 30}}``.
             processor_kwargs: pretrained multimodal models only: passed to ``AutoProcessor.from_pretrained``
                 (e.g. ``{max_pixels: 401408}`` for Qwen2-VL).
+            lr_groups: learning rates apart from ``lr`` for some trainable parameters: glob pattern over the
+                policy's parameter names -> learning rate, e.g. ``{"adapters.*.projector.*": 1.0e-2}`` (the
+                adapters' projectors; the first matching pattern wins). Same schedule and weight decay.
         """
         super().__init__()
         self.save_hyperparameters(ignore=["adapters"])
@@ -281,7 +285,18 @@ class AlignModule(L.LightningModule):
         data.bind(self.policy, self.negatives, self.needs, self.reference)
 
     def configure_optimizers(self):
-        params = [p for p in self.policy.parameters() if p.requires_grad]
+        from fnmatch import fnmatchcase
+        lr_groups = dict(self.hparams.get("lr_groups") or {})
+        groups = {None: []} | {pattern: [] for pattern in lr_groups}  # None: the rest, at lr (param_groups[0])
+        for name, p in self.policy.named_parameters():
+            if p.requires_grad:
+                groups[next((g for g in lr_groups if fnmatchcase(name, g)), None)].append(p)
+        unmatched = [g for g in lr_groups if not groups[g]]
+        if unmatched:
+            raise ValueError(f"model.lr_groups: {unmatched} match(es) no trainable parameter of the policy "
+                             f"(names like {[n for n, p in self.policy.named_parameters() if p.requires_grad][-2:]})")
+        params = [{"params": ps, "lr": self.hparams.lr if g is None else float(lr_groups[g])}
+                  for g, ps in groups.items() if ps]
         opt = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         total = self.trainer.max_steps
         if self.hparams.scheduler == "cosine" and (total is None or total < 1):

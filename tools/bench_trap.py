@@ -6,7 +6,8 @@ language prior?
         --steps 100 --extra "--model.lr 5e-3"]
 
 ``dpo`` is ``configs/{modality}_dpo.yaml``; ``mdpo`` adds the conditional and anchor terms (beta 0.1; ``--no_anchor``: the
-conditional term only) and the modality's negatives (``--negatives`` replaces them: ``'{"op": "reverse"}'``). Defaults: image ``crop_keep``
+conditional term only; ``--losses``: any list of terms) and the modality's negatives (``--negatives`` replaces them:
+``'[{"op": "reverse"}]'``). Defaults: image ``crop_keep``
 (mDPO's own), video and audio what ``configs/{video,audio}_mdpo.yaml`` ship. One ``python -m anyalign fit``
 per run, one after another, each printed with its command and its last held-out accuracy.
 """
@@ -34,7 +35,7 @@ NEGATIVES = {"image": [{"op": "crop_keep"}],
 
 
 def run(modality: str, method: str, seed: int, shards: dict, out: Path, steps: int, negatives: list | None,
-        extra: list[str], tag: str = "", anchor: bool = True) -> tuple[str, float | None]:
+        extra: list[str], tag: str = "", anchor: bool = True, losses: list | None = None) -> tuple[str, float | None]:
     root = out / "runs" / f"{modality}_{method}{tag}_s{seed}"
     cmd = [sys.executable, "-m", "anyalign", "fit", "--config", f"configs/{modality}_dpo.yaml",
            "--data.train_shards", shards["train_shards"], "--data.val_shards", shards["val_shards"],
@@ -42,7 +43,7 @@ def run(modality: str, method: str, seed: int, shards: dict, out: Path, steps: i
            "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps),
            "--trainer.default_root_dir", str(root)]
     if method == "mdpo":
-        losses = MDPO_LOSSES if anchor else [x for x in MDPO_LOSSES if x["name"] != "anchor"]
+        losses = losses or (MDPO_LOSSES if anchor else [x for x in MDPO_LOSSES if x["name"] != "anchor"])
         cmd += ["--model.losses", json.dumps(losses),
                 "--model.negatives", json.dumps({modality: negatives or NEGATIVES[modality]})]
     cmd += extra
@@ -64,6 +65,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--negatives", default=None, help="JSON list of operators for mdpo, e.g. '[{\"op\": \"null\"}]'")
     ap.add_argument("--no_anchor", action="store_true", help="mdpo without the anchor term")
+    ap.add_argument("--losses", default=None, help="JSON list of loss terms for mdpo (replaces the terms above), e.g. "
+                    "'[{\"name\": \"sigmoid\"}, {\"name\": \"conditional_rejected\"}]'")
     ap.add_argument("--tag", default="", help="suffix of the run directories")
     ap.add_argument("--extra", default="", help="more fit flags for every run")
     args = ap.parse_args()
@@ -73,7 +76,8 @@ def main() -> None:
         for method in args.methods:
             for seed in args.seeds:
                 cmd, acc = run(modality, method, seed, shards, args.out, args.steps, negatives,
-                               shlex.split(args.extra), args.tag, not args.no_anchor)
+                               shlex.split(args.extra), args.tag, not args.no_anchor,
+                               json.loads(args.losses) if args.losses else None)
                 print(f"{modality} {method}{args.tag} seed {seed}: held-out accuracy {acc}\n  {cmd}", flush=True)
 
 

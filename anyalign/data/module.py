@@ -91,6 +91,7 @@ class PreferenceDataModule(L.LightningDataModule):
         self.model, self.reference_stages = None, []
         self.negatives, self.train_negatives, self.unpaired, self.listwise = None, False, False, False
         self.held_out_negatives = None
+        self.corrupt_kinds: tuple[str, ...] = ("chosen_corrupt",)
         self.preflight_max_bad_fraction, self.preflight_report = preflight_max_bad_fraction, None
 
     def bind(self, model, negatives: dict | None = None, needs=None, reference=None) -> None:
@@ -106,6 +107,9 @@ class PreferenceDataModule(L.LightningDataModule):
         self.train_negatives = bool(needs and needs.train_negatives)
         self.unpaired = bool(needs and needs.unpaired)  # the loss terms train on unpaired samples (KTO)
         self.listwise = bool(needs and needs.listwise)  # a term takes all K responses ([B, K] inputs)
+        # the corrupted-media rows training batches carry (those the terms score); held-out batches add
+        # chosen_corrupt, which media_reliance reads
+        self.corrupt_kinds = (needs.corrupt_kinds if needs else ()) or ("chosen_corrupt",)
         reason = model.shared_layout_unsupported_reason() if self.layout == "shared" else None
         if reason is not None:
             log.warning("data.layout=shared needs a 4-D attention mask, but %s: training with data.layout="
@@ -158,15 +162,16 @@ class PreferenceDataModule(L.LightningDataModule):
             self.preflight_report = preflight(self.train_urls, example_stages(self), self.preflight_max_bad_fraction,
                                               self.num_workers)
 
-    def _process(self, batch_size: int, negatives: dict | None = None, digest: bool = False):
+    def _process(self, batch_size: int, negatives: dict | None = None, digest: bool = False, held_out: bool = False):
         m = self.model
         adapters = dict(m.adapters.items())
         # a pretrained family brings its own (its processor expands the placeholders and processes the media)
         make = getattr(m, "preference_tokenizer", None)
         tok = make(self.max_length) if make else PreferenceTokenizer(m.tokenizer, m.media_token_ids, self.max_length)
         pack = self.pack_length
+        kinds = tuple(dict.fromkeys(("chosen_corrupt",) * held_out + self.corrupt_kinds))
         collate = Collator(self.layout, m.tokenizer.pad_token_id, adapters, self.pad_to_multiple_of, negatives, self.seed,
-                           pack, self.listwise)
+                           pack, self.listwise, kinds)
         return Compose([
             partial(decode, adapters=adapters, digest=digest or bool(self.reference_stages)),  # raw sample -> media tensors
             *([unpair] if self.unpair else []),                    # pair -> two unpaired samples
@@ -179,7 +184,8 @@ class PreferenceDataModule(L.LightningDataModule):
         ])
 
     def _loader(self, urls: list[str], batch_size: int, shuffle: bool, negatives: dict | None):
-        stream = PreferenceStream(urls, self._process(batch_size, negatives), shuffle, self.shuffle_buffer, self.seed)
+        stream = PreferenceStream(urls, self._process(batch_size, negatives, held_out=not shuffle), shuffle,
+                                  self.shuffle_buffer, self.seed)
         epoch, skip = resume_position(self.trainer) if shuffle else (0, 0)
         loader = EpochLoader(stream, epoch, skip, num_workers=self.num_workers, worker_init_fn=worker_init,
                              persistent_workers=False)
