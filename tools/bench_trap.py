@@ -9,7 +9,8 @@ language prior?
 conditional term only; ``--losses``: any list of terms) and the modality's negatives (``--negatives`` replaces them:
 ``'[{"op": "reverse"}]'``). Defaults: image ``crop_keep``
 (mDPO's own), video and audio what ``configs/{video,audio}_mdpo.yaml`` ship. One ``python -m anyalign fit``
-per run, one after another, each printed with its command and its last held-out accuracy.
+per run, one after another, each printed with its command and its last held-out accuracy. ``mdpo_config``:
+``configs/{modality}_mdpo.yaml`` as shipped (its terms and negatives; the other flags as for the rest).
 """
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ NEGATIVES = {"image": [{"op": "crop_keep"}],
 def run(modality: str, method: str, seed: int, shards: dict, out: Path, steps: int, negatives: list | None,
         extra: list[str], tag: str = "", anchor: bool = True, losses: list | None = None) -> tuple[str, float | None]:
     root = out / "runs" / f"{modality}_{method}{tag}_s{seed}"
-    cmd = [sys.executable, "-m", "anyalign", "fit", "--config", f"configs/{modality}_dpo.yaml",
+    config = f"configs/{modality}_{'mdpo' if method == 'mdpo_config' else 'dpo'}.yaml"
+    cmd = [sys.executable, "-m", "anyalign", "fit", "--config", config,
            "--data.train_shards", shards["train_shards"], "--data.val_shards", shards["val_shards"],
            "--data.num_workers", "1", "--trainer.enable_progress_bar", "false", "--seed_everything", str(seed),
            "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps),
@@ -60,7 +62,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--modalities", nargs="+", default=list(MODALITIES), choices=MODALITIES)
-    ap.add_argument("--methods", nargs="+", default=["dpo", "mdpo"], choices=["dpo", "mdpo"])
+    ap.add_argument("--methods", nargs="+", default=["dpo", "mdpo"], choices=["dpo", "mdpo", "mdpo_config"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--negatives", default=None, help="JSON list of operators for mdpo, e.g. '[{\"op\": \"null\"}]'")
