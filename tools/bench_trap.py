@@ -7,8 +7,9 @@ language prior?
 
 ``dpo`` is ``configs/{modality}_dpo.yaml``; ``mdpo`` adds the conditional and anchor terms (beta 0.1; ``--no_anchor``: the
 conditional term only; ``--losses``: any list of terms) and the modality's negatives (``--negatives`` replaces them:
-``'[{"op": "reverse"}]'``). Defaults: image ``crop_keep``
-(mDPO's own), video and audio what ``configs/{video,audio}_mdpo.yaml`` ship. One ``python -m anyalign fit``
+``'[{"op": "reverse"}]'``). Defaults (``NEGATIVES``): image ``crop_keep``
+(mDPO's own), video and audio what ``configs/{video,audio}_mdpo.yaml`` shipped before the trap-prior defaults
+(docs/methods.md, "Trap-prior tasks"). One ``python -m anyalign fit``
 per run, one after another, each printed with its command and its last held-out accuracy. ``mdpo_config``:
 ``configs/{modality}_mdpo.yaml`` as shipped (its terms and negatives; the other flags as for the rest).
 """
