@@ -65,7 +65,8 @@ def step_metrics(loss: torch.Tensor, outputs: list[TermOutput], reward_term: str
     for kind in SEQUENCES.values():  # policy-side log p(response | media) - log p(response | corrupted media)
         if kind.corrupted_media and kind.name in index:
             clean = policy.logps[index[kind.response]]
-            metrics["media_reliance"] = (clean - policy.logps[index[kind.name]]).detach().mean()
+            name = "media_reliance" if kind.response == "chosen" else f"media_reliance_{kind.response}"
+            metrics[name] = (clean - policy.logps[index[kind.name]]).detach().mean()
     for seq in ("chosen", "rejected", "completion"):
         if seq in index:
             metrics[f"logps/{seq}"] = policy.logps[index[seq]].detach().mean()

@@ -54,6 +54,7 @@ class AlignModule(L.LightningModule):
         media: dict[str, dict] | None = None,
         processor_kwargs: dict | None = None,
         online: dict | None = None,
+        lr_groups: dict[str, float] | None = None,
     ):
         """
         Args:
@@ -98,6 +99,9 @@ class AlignModule(L.LightningModule):
             online: online and mixed DPO (with ``data.online_fraction`` > 0): K responses per online prompt sampled
                 from the policy in each training step, ranked by a reward, e.g. ``{samples: 4, reward: {class_path:
                 anyalign.online.TokenF1}, temperature: 1.0, max_new_tokens: 64}`` (see ``anyalign/online``).
+            lr_groups: learning rates apart from ``lr`` for some trainable parameters: glob pattern over the
+                policy's parameter names -> learning rate, e.g. ``{"adapters.*.projector.*": 1.0e-2}`` (the
+                adapters' projectors; the first matching pattern wins). Same schedule and weight decay.
         """
         super().__init__()
         self.save_hyperparameters(ignore=["adapters"])
@@ -348,7 +352,18 @@ class AlignModule(L.LightningModule):
         data.bind(self.policy, self.negatives, self.needs, self.reference)
 
     def configure_optimizers(self):
-        params = [p for p in self.policy.parameters() if p.requires_grad]
+        from fnmatch import fnmatchcase
+        lr_groups = dict(self.hparams.get("lr_groups") or {})
+        groups = {None: []} | {pattern: [] for pattern in lr_groups}  # None: the rest, at lr (param_groups[0])
+        for name, p in self.policy.named_parameters():
+            if p.requires_grad:
+                groups[next((g for g in lr_groups if fnmatchcase(name, g)), None)].append(p)
+        unmatched = [g for g in lr_groups if not groups[g]]
+        if unmatched:
+            raise ValueError(f"model.lr_groups: {unmatched} match(es) no trainable parameter of the policy "
+                             f"(names like {[n for n, p in self.policy.named_parameters() if p.requires_grad][-2:]})")
+        params = [{"params": ps, "lr": self.hparams.lr if g is None else float(lr_groups[g])}
+                  for g, ps in groups.items() if ps]
         opt = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         total = self.trainer.max_steps
         if self.hparams.scheduler == "cosine" and (total is None or total < 1):

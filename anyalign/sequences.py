@@ -44,6 +44,8 @@ SEQUENCES: dict[str, SequenceKind] = {k.name: k for k in (
     SequenceKind("completion", "completion"),
     SequenceKind("kl", "completion", other_example=True),
     SequenceKind("chosen_corrupt", "chosen", corrupted_media=True),
+    # the rejected response under corrupted media (``conditional_rejected``, this project's extension of mDPO)
+    SequenceKind("rejected_corrupt", "rejected", corrupted_media=True),
     SequenceKind("responses", "responses", listwise=True),
 )}
 
@@ -75,6 +77,11 @@ class Needs:
     def listwise(self) -> bool:
         """A term takes all responses of each sample (``responses``): batches carry them as ``[B, K]``."""
         return any(k.listwise for k in self.kinds)
+
+    @property
+    def corrupt_kinds(self) -> tuple[str, ...]:
+        """The corrupted-media kinds the terms score: the rows training batches carry under corrupted media."""
+        return tuple(k.name for k in self.kinds if k.corrupted_media)
 
     def extra(self) -> list[SequenceKind]:
         """Kinds beyond the example's own responses, which the collator builds on request."""

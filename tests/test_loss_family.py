@@ -160,6 +160,7 @@ def margin_inputs(name: str, m: float, dtype=torch.float32) -> dict:
     'bad' side (rejected, corrupted, undesirable completion) r = -m/2; policy log-probs stay ≤ -1."""
     good, bad, ref = -1 - max(0.0, -m), -1 - max(0.0, m), -1 - abs(m) / 2
     values = {"chosen": [good, good], "rejected": [bad, bad], "chosen_corrupt": [bad, bad],
+              "rejected_corrupt": [good, good],  # the rejected answer belongs with the corrupted media
               "completion": [good, bad], "kl": [good, good]}
     out = {}
     for n in LOSSES[name].inputs:
@@ -209,8 +210,8 @@ def test_orpo_average_log_prob_at_zero_is_finite():
 
 # Which way descent should move each policy input: -1 = the loss falls as it rises (pushed up), +1 = pushed
 # down, 0 = no gradient. Per row, since KTO's rows differ. A new input name fails until it is listed here.
-SIGN = {"chosen": [-1, -1], "rejected": [1, 1], "chosen_corrupt": [1, 1], "completion": [-1, 1], "kl": [0, 0],
-        "responses": [[-1, 1], [-1, 1]]}
+SIGN = {"chosen": [-1, -1], "rejected": [1, 1], "chosen_corrupt": [1, 1], "rejected_corrupt": [-1, -1],
+        "completion": [-1, 1], "kl": [0, 0], "responses": [[-1, 1], [-1, 1]]}
 SIGN_OVERRIDES = {("apo_down", "policy_chosen"): [1, 1],  # APO-down lowers the winner too, by design
                   ("wpo", "policy_chosen_avg"): [0, 0], ("wpo", "policy_rejected_avg"): [0, 0]}  # detached weights
 

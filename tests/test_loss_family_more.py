@@ -33,6 +33,9 @@ WPO = {**PAIR, "policy_chosen_avg": [-0.5], "policy_rejected_avg": [-0.8]}
 # LD-DPO: chosen 4 tokens, rejected 8 (the longer); shared length 4
 LD = {**PAIR, "policy_chosen_tokens": [4.0], "policy_rejected_tokens": [8.0]}
 NLL = {"policy_chosen": [-3.0, -5.0], "policy_chosen_tokens": [2.0, 6.0]}
+# the rejected response with real and corrupted media: r(y_l | m) = -12 - (-11) = -1, r(y_l | m̃) = -9 - (-10) = +1
+COND_REJ = {"policy_rejected": [-12.0], "reference_rejected": [-11.0],
+            "policy_rejected_corrupt": [-9.0], "reference_rejected_corrupt": [-10.0]}
 
 # name -> [(inputs, params, expected losses, expected (chosen, rejected) rewards or None)]
 MORE_CASES = {
@@ -84,6 +87,11 @@ MORE_CASES = {
         ({**LD, "policy_chosen_tokens": [8.0], "policy_rejected_tokens": [4.0]}, {}, [-logsig(0.1 * 1.75)],
          ([0.075], [-0.1])),
         (LD, {"reference_free": True}, [-logsig(0.1 * (-10 + 9))], ([-1.0], [-0.9])),
+    ],
+    "conditional_rejected": [  # -log σ(β[r(y_l | m̃) - r(y_l | m)]); rewards (β r(y_l | m̃), β r(y_l | m))
+        (COND_REJ, {}, [-logsig(0.1 * (1 - (-1)))], ([0.1], [-0.1])),
+        (COND_REJ, {"beta": 1.0}, [-logsig(2.0)], ([1.0], [-1.0])),
+        ({k: [-4.0] for k in COND_REJ}, {}, [LN2], ([0.0], [0.0])),
     ],
     "nll": [
         # 8 tokens in the batch: -(-3 - 5)/8 = 1.0, spread as rows 3·2/8 and 5·2/8

@@ -92,33 +92,36 @@ def test_batch_carries_chosen_under_corrupted_media(image_model):
 
 
 def test_a_new_sequence_kind_needs_only_its_declaration_and_a_loss(tiny_lm, tiny_vit, monkeypatch):
-    """The rejected response under corrupted media, declared in the registry and used by a loss defined here:
-    the collator builds its rows and the module hands its log-probs to the loss, with no other change."""
+    """A response under corrupted media, declared in the registry and used by a loss defined here: the terms'
+    needs name its rows, the collator builds them and the module hands its log-probs to the loss, with no other
+    change. (``rejected_blank`` is a shipped kind now; this declares one of its own.)"""
     from anyalign.losses import LOSSES, register
     from anyalign.module import AlignModule
     from anyalign.sequences import SEQUENCES, SequenceKind
     from modalities import ImageAdapter
     from test_model import _examples
-    monkeypatch.setitem(SEQUENCES, "rejected_corrupt", SequenceKind("rejected_corrupt", "rejected", corrupted_media=True))
+    monkeypatch.setitem(SEQUENCES, "rejected_blank", SequenceKind("rejected_blank", "rejected", corrupted_media=True))
     seen = {}
 
-    def rejected_media_gap(policy_rejected, policy_rejected_corrupt, beta: float = 1.0):
-        seen["gap"] = (policy_rejected - policy_rejected_corrupt).detach()
-        return (beta * (policy_rejected - policy_rejected_corrupt)).abs(), None, None
+    def rejected_media_gap(policy_rejected, policy_rejected_blank, beta: float = 1.0):
+        seen["gap"] = (policy_rejected - policy_rejected_blank).detach()
+        return (beta * (policy_rejected - policy_rejected_blank)).abs(), None, None
 
     register("rejected_media_gap")(rejected_media_gap)
     try:
-        assert LOSSES["rejected_media_gap"].sequences == {"rejected", "rejected_corrupt"}
+        assert LOSSES["rejected_media_gap"].sequences == {"rejected", "rejected_blank"}
         torch.manual_seed(0)
         module = AlignModule(lm=tiny_lm, adapters={"image": ImageAdapter(encoder=tiny_vit)},
                              losses=[{"name": "rejected_media_gap"}], negatives={"image": [{"op": "null"}]})
         assert module.needs.train_negatives and module.reference.name == "none"
         model, adapters = module.policy, dict(module.policy.adapters.items())
-        batch = Collator("shared", model.tokenizer.pad_token_id, adapters, 1, module.negatives)(_examples(model))
-        assert set(batch["index"]) == {"chosen", "rejected", "chosen_corrupt", "rejected_corrupt"}
+        assert module.needs.corrupt_kinds == ("rejected_blank",)  # what the data module builds for training
+        batch = Collator("shared", model.tokenizer.pad_token_id, adapters, 1, module.negatives,
+                         corrupt_kinds=module.needs.corrupt_kinds)(_examples(model))
+        assert set(batch["index"]) == {"chosen", "rejected", "rejected_blank"}
         out = model(batch)
         loss, _ = module.loss_terms(out, None, batch)
-        r, rc = batch["index"]["rejected"], batch["index"]["rejected_corrupt"]
+        r, rc = batch["index"]["rejected"], batch["index"]["rejected_blank"]
         assert torch.equal(out.tokens[r], out.tokens[rc])  # the same response, scored under other media
         torch.testing.assert_close(seen["gap"], (out.logps[r] - out.logps[rc]).detach())
         assert float(loss) > 0

@@ -17,6 +17,11 @@ from test_resume import _read
 
 MDPO = ['--model.losses', json.dumps([{"name": "sigmoid", "beta": 0.1}, {"name": "conditional", "beta": 0.1}]),
         '--model.negatives', json.dumps({"image": [{"op": "gaussian_blur", "p": 0.5}, {"op": "null", "p": 0.5}]})]
+# both conditional terms: the chosen and the rejected answer under the same corrupted image
+MDPO_REJ = ['--model.losses', json.dumps([{"name": "sigmoid", "beta": 0.1}, {"name": "conditional", "beta": 0.1},
+                                          {"name": "conditional_rejected", "beta": 0.1}]), *MDPO[2:]]
+SEQUENCES = {"dpo": ["chosen", "rejected"], "mdpo-conditional": ["chosen", "chosen_corrupt", "rejected"],
+             "mdpo-both": ["chosen", "chosen_corrupt", "rejected", "rejected_corrupt"]}
 
 
 @pytest.fixture()
@@ -44,13 +49,14 @@ def _no_frozen_copy(monkeypatch):
     monkeypatch.setattr("anyalign.reference.FrozenCopy.__init__", refuse)
 
 
-@pytest.mark.parametrize("extra", [[], MDPO], ids=["dpo", "mdpo-conditional"])
-def test_precomputed_trains_like_frozen_copy(shards, monkeypatch, extra):
+@pytest.mark.parametrize("extra, name", [([], "dpo"), (MDPO, "mdpo-conditional"), (MDPO_REJ, "mdpo-both")],
+                         ids=["dpo", "mdpo-conditional", "mdpo-both"])
+def test_precomputed_trains_like_frozen_copy(shards, monkeypatch, extra, name):
     cache = shards / "cache"
     main(_args("precompute", shards, cache, *extra))
     manifest = json.loads((cache / "manifest.json").read_text())
     assert not list((shards / "run-precompute-precomputed").rglob("config.yaml"))  # fit's config is fit's to write
-    assert manifest["sequences"] == (["chosen", "chosen_corrupt", "rejected"] if extra else ["chosen", "rejected"])
+    assert manifest["sequences"] == SEQUENCES[name]
     main(_args("fit", shards, cache, *extra, log=shards / "fc.jsonl", reference="frozen_copy"))
     with monkeypatch.context() as m:
         _no_frozen_copy(m)
@@ -61,7 +67,7 @@ def test_precomputed_trains_like_frozen_copy(shards, monkeypatch, extra):
     for a, b in zip(pre, fc):  # the same losses at every step, so the same training
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
     # at the first step the policy is the reference: every term is log 2, so the cache holds the policy's values
-    assert pre[0]["loss"] == pytest.approx(math.log(2) * (2 if extra else 1), abs=1e-5)
+    assert pre[0]["loss"] == pytest.approx(math.log(2) * (len(SEQUENCES[name]) - 1), abs=1e-5)
 
 
 def test_no_reference_model_in_memory(shards, monkeypatch):

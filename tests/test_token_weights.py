@@ -203,7 +203,7 @@ SHORT = "A small cat."
 SPAN = (SHORT.index("cat"), SHORT.index("cat") + len("cat"))
 
 
-def _batch(model, tmp_path, name, extra, layout="shared", negatives=None):
+def _batch(model, tmp_path, name, extra, layout="shared", negatives=None, corrupt_kinds=("chosen_corrupt",)):
     """Two pairs through the real stages (shard -> decode -> tokenize -> collate); ``extra`` goes into the
     first sample's json."""
     samples = [{"__key__": "a", "json": {"prompt": "<image>\nWhat is this?", "chosen": SHORT, "rejected": REJECTED,
@@ -216,7 +216,7 @@ def _batch(model, tmp_path, name, extra, layout="shared", negatives=None):
                         tok, adapters))
     assert not any(isinstance(x, Skipped) for x in exs)
     spec = validate_negatives(negatives, adapters) if negatives else None
-    return exs, Collator(layout, model.tokenizer.pad_token_id, adapters, negatives=spec)(exs)
+    return exs, Collator(layout, model.tokenizer.pad_token_id, adapters, negatives=spec, corrupt_kinds=corrupt_kinds)(exs)
 
 
 @pytest.mark.parametrize("layout, w", [("shared", 3.0), ("concatenated", 3.0), ("shared", 1.1), ("shared", 0.0)])
@@ -256,20 +256,23 @@ def test_a_weighted_span_changes_exactly_its_tokens_contribution(image_model, tm
     assert r >= 0
 
 
-def test_the_conditional_row_carries_the_chosen_weights(image_model, tmp_path):
+def test_the_conditional_rows_carry_their_responses_weights(image_model, tmp_path):
     negatives = {"image": [{"op": "null", "p": 1.0}]}
     spans = {"chosen_weights": [{"start": SPAN[0], "end": SPAN[1], "weight": 3.0}],
              "rejected_weights": [{"start": 0, "end": 2, "weight": 0.0}]}
     for layout in ("shared", "concatenated"):
-        exs, batch = _batch(image_model, tmp_path, "neg", spans, layout, negatives)
+        exs, batch = _batch(image_model, tmp_path, "neg", spans, layout, negatives,
+                            ("chosen_corrupt", "rejected_corrupt"))
         ix = batch["index"]
         weights = {name: batch["token_weights"][batch["target_seq"] == ix[name][0]].tolist()
-                   for name in ("chosen", "rejected", "chosen_corrupt")}
+                   for name in ("chosen", "rejected", "chosen_corrupt", "rejected_corrupt")}
         assert weights["chosen"] == exs[0]["weights"]["chosen"] == weights["chosen_corrupt"]
         assert 3.0 in weights["chosen_corrupt"]
-        assert weights["rejected"] == exs[0]["weights"]["rejected"] and weights["rejected"][0] == 0.0
-        other = batch["token_weights"][batch["target_seq"] == ix["chosen_corrupt"][1]]
-        assert (other == 1.0).all()  # the unweighted sample's conditional row
+        assert weights["rejected"] == exs[0]["weights"]["rejected"] == weights["rejected_corrupt"]
+        assert weights["rejected"][0] == 0.0
+        for name in ("chosen_corrupt", "rejected_corrupt"):
+            other = batch["token_weights"][batch["target_seq"] == ix[name][1]]
+            assert (other == 1.0).all()  # the unweighted sample's conditional rows
 
 
 def test_kl_rows_take_the_next_completions_weights(image_model, tmp_path):

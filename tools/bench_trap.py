@@ -6,9 +6,12 @@ language prior?
         --steps 100 --extra "--model.lr 5e-3"]
 
 ``dpo`` is ``configs/{modality}_dpo.yaml``; ``mdpo`` adds the conditional and anchor terms (beta 0.1; ``--no_anchor``: the
-conditional term only) and the modality's negatives (``--negatives`` replaces them: ``'{"op": "reverse"}'``). Defaults: image ``crop_keep``
-(mDPO's own), video and audio what ``configs/{video,audio}_mdpo.yaml`` ship. One ``python -m anyalign fit``
-per run, one after another, each printed with its command and its last held-out accuracy.
+conditional term only; ``--losses``: any list of terms) and the modality's negatives (``--negatives`` replaces them:
+``'[{"op": "reverse"}]'``). Defaults (``NEGATIVES``): image ``crop_keep``
+(mDPO's own), video and audio what ``configs/{video,audio}_mdpo.yaml`` shipped before the trap-prior defaults
+(docs/methods.md, "Trap-prior tasks"). One ``python -m anyalign fit``
+per run, one after another, each printed with its command and its last held-out accuracy. ``mdpo_config``:
+``configs/{modality}_mdpo.yaml`` as shipped (its terms and negatives; the other flags as for the rest).
 """
 from __future__ import annotations
 
@@ -34,15 +37,16 @@ NEGATIVES = {"image": [{"op": "crop_keep"}],
 
 
 def run(modality: str, method: str, seed: int, shards: dict, out: Path, steps: int, negatives: list | None,
-        extra: list[str], tag: str = "", anchor: bool = True) -> tuple[str, float | None]:
+        extra: list[str], tag: str = "", anchor: bool = True, losses: list | None = None) -> tuple[str, float | None]:
     root = out / "runs" / f"{modality}_{method}{tag}_s{seed}"
-    cmd = [sys.executable, "-m", "anyalign", "fit", "--config", f"configs/{modality}_dpo.yaml",
+    config = f"configs/{modality}_{'mdpo' if method == 'mdpo_config' else 'dpo'}.yaml"
+    cmd = [sys.executable, "-m", "anyalign", "fit", "--config", config,
            "--data.train_shards", shards["train_shards"], "--data.val_shards", shards["val_shards"],
            "--data.num_workers", "1", "--trainer.enable_progress_bar", "false", "--seed_everything", str(seed),
            "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps),
            "--trainer.default_root_dir", str(root)]
     if method == "mdpo":
-        losses = MDPO_LOSSES if anchor else [x for x in MDPO_LOSSES if x["name"] != "anchor"]
+        losses = losses or (MDPO_LOSSES if anchor else [x for x in MDPO_LOSSES if x["name"] != "anchor"])
         cmd += ["--model.losses", json.dumps(losses),
                 "--model.negatives", json.dumps({modality: negatives or NEGATIVES[modality]})]
     cmd += extra
@@ -59,21 +63,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--modalities", nargs="+", default=list(MODALITIES), choices=MODALITIES)
-    ap.add_argument("--methods", nargs="+", default=["dpo", "mdpo"], choices=["dpo", "mdpo"])
+    ap.add_argument("--methods", nargs="+", default=["dpo", "mdpo"], choices=["dpo", "mdpo", "mdpo_config"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--negatives", default=None, help="JSON list of operators for mdpo, e.g. '[{\"op\": \"null\"}]'")
     ap.add_argument("--no_anchor", action="store_true", help="mdpo without the anchor term")
+    ap.add_argument("--losses", default=None, help="JSON list of loss terms for mdpo (replaces the terms above), e.g. "
+                    "'[{\"name\": \"sigmoid\"}, {\"name\": \"conditional_rejected\"}]'")
     ap.add_argument("--tag", default="", help="suffix of the run directories")
+    ap.add_argument("--share", type=float, default=0.8, help="share of training pairs choosing the majority class")
     ap.add_argument("--extra", default="", help="more fit flags for every run")
     args = ap.parse_args()
     negatives = json.loads(args.negatives) if args.negatives else None
     for modality in args.modalities:
-        shards = build(modality, args.out / "data" / modality)
+        shards = build(modality, args.out / "data" / modality, share=args.share)
         for method in args.methods:
             for seed in args.seeds:
                 cmd, acc = run(modality, method, seed, shards, args.out, args.steps, negatives,
-                               shlex.split(args.extra), args.tag, not args.no_anchor)
+                               shlex.split(args.extra), args.tag, not args.no_anchor,
+                               json.loads(args.losses) if args.losses else None)
                 print(f"{modality} {method}{args.tag} seed {seed}: held-out accuracy {acc}\n  {cmd}", flush=True)
 
 

@@ -14,7 +14,8 @@ itself only, positions continuing from the prompt's end: the same slot rule as a
 carries ``index["responses"]`` (``[B, K]`` sequence numbers, -1 where a sample has fewer than K) and ``ranks``
 (``[B, K]`` float, 0 the best, +inf where absent); ``index["chosen"]``/``index["rejected"]`` point at each K
 sample's best and worst response (ties: the first best, the last worst), so pair losses train on best vs worst
-from the same row, and the corrupted-media row (``chosen_corrupt``) scores the best response. A pair is K = 2
+from the same row, and the corrupted-media rows score the best (``chosen_corrupt``) and the worst
+(``rejected_corrupt``) response. A pair is K = 2
 (``[chosen, rejected]``, ranks ``[0, 1]``) when a listwise loss asks for ``responses``.
 
 A row is ``(prompt_ids, media, [(sequence_name, example_index, response_ids, token_weights), ...])``;
@@ -53,7 +54,8 @@ def own_response(ex: dict, response: str) -> str | None:
 
 def _kinds(flag: str) -> list:
     """Sequence kinds scored after another example's prompt (``other_example``: KTO's ``kl``) or under
-    corrupted media (``corrupted_media``: ``chosen_corrupt``), read from the registry when a batch is built."""
+    corrupted media (``corrupted_media``: ``chosen_corrupt``, ``rejected_corrupt``), read from the registry when a
+    batch is built."""
     return [k for k in SEQUENCES.values() if getattr(k, flag)]
 
 
@@ -169,13 +171,29 @@ def collate_rows(rows: list[tuple], pad_id: int, adapters: dict, num_examples: i
     return batch
 
 
-def conditional_rows(examples: list[dict], corrupted: list[dict]) -> list[tuple]:
-    """``prompt(corrupted media) | chosen``: the chosen response under corrupted media, with the chosen
-    response's token weights (the same text, so the same tokens are up-weighted); one row per example and
-    corrupted-media sequence kind."""
-    return [(ex["prompt"], media, [(kind.name, i, ex["responses"][name], _weights(ex, name))])
-            for kind in _kinds("corrupted_media") for i, (ex, media) in enumerate(zip(examples, corrupted))
-            if (name := own_response(ex, kind.response)) is not None]
+#: the corrupted-media kinds a batch carries when nobody says otherwise (mDPO's conditional term, and the
+#: held-out ``media_reliance``)
+DEFAULT_CORRUPT_KINDS = ("chosen_corrupt",)
+
+
+def conditional_rows(examples: list[dict], corrupted: list[dict], kinds: tuple[str, ...] = DEFAULT_CORRUPT_KINDS,
+                     layout: str = "shared") -> list[tuple]:
+    """``prompt(corrupted media) | response``: the kind's response (``chosen_corrupt``: the chosen one, on a
+    K-response sample its best; ``rejected_corrupt``: the rejected one, on a K-response sample its worst) under
+    corrupted media, with that response's token weights (the same text, so the same tokens are up-weighted),
+    for each corrupted-media sequence kind in ``kinds``. All kinds of an example share its one corrupted media:
+    with the ``shared`` layout they are slots of one row (``prompt(m̃) | chosen | rejected``), with
+    ``concatenated`` one row each."""
+    rows = []
+    for i, (ex, media) in enumerate(zip(examples, corrupted)):
+        slots = [(kind.name, i, ex["responses"][name], _weights(ex, name))
+                 for kind in _kinds("corrupted_media") if kind.name in kinds
+                 if (name := own_response(ex, kind.response)) is not None]
+        if layout == "shared" and slots:
+            rows.append((ex["prompt"], media, slots))
+        else:
+            rows.extend((ex["prompt"], media, [slot]) for slot in slots)
+    return rows
 
 
 def add_listwise(batch: dict, examples: list[dict], listwise: bool) -> None:
@@ -223,22 +241,26 @@ def add_reference(batch: dict, examples: list[dict]) -> None:
 
 class Collator:
     """Picklable collate for the data workers: examples -> batch dict. With ``negatives`` (a validated
-    spec), each pair also gets a row scoring its chosen response under corrupted media. ``listwise``: a loss
+    spec), each pair also gets a row per corrupted-media kind of ``corrupt_kinds`` (default ``chosen_corrupt``:
+    its chosen response under corrupted media; ``rejected_corrupt``: its rejected one). ``listwise``: a loss
     takes all responses (``index["responses"]``, ``ranks``), pairs included as K = 2. ``pack``: the
     capacity in tokens of packed rows (``data.packing``), each holding as many of the batch's groups (pairs,
     and corrupted-media rows) as fit; None: one group per row."""
 
     def __init__(self, layout: str, pad_id: int, adapters: dict, pad_to_multiple_of: int = 1,
-                 negatives: dict | None = None, seed: int = 0, pack: int | None = None, listwise: bool = False):
+                 negatives: dict | None = None, seed: int = 0, pack: int | None = None, listwise: bool = False,
+                 corrupt_kinds: tuple[str, ...] = DEFAULT_CORRUPT_KINDS):
         if layout not in LAYOUTS:
             raise ValueError(f"data.layout={layout!r} is not one of {LAYOUTS}")
         self.layout, self.pad_id, self.adapters, self.multiple = layout, pad_id, adapters, pad_to_multiple_of
         self.negatives, self.seed, self.pack, self.listwise = negatives, seed, pack, listwise
+        self.corrupt_kinds = tuple(corrupt_kinds)
 
     def __call__(self, examples: list[dict]) -> dict:
         rows = rows_for(examples, self.layout)
         if self.negatives:
-            rows += conditional_rows(examples, corrupt_examples(examples, self.negatives, self.adapters, self.seed))
+            corrupted = corrupt_examples(examples, self.negatives, self.adapters, self.seed)
+            rows += conditional_rows(examples, corrupted, self.corrupt_kinds, self.layout)
         batch = collate_rows(rows, self.pad_id, self.adapters, len(examples), self.multiple, self.pack)
         add_listwise(batch, examples, self.listwise)
         batch["keys"] = [ex["key"] for ex in examples]

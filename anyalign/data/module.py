@@ -99,6 +99,7 @@ class PreferenceDataModule(L.LightningDataModule):
         self.model, self.reference_stages = None, []
         self.negatives, self.train_negatives, self.unpaired, self.listwise = None, False, False, False
         self.held_out_negatives = None
+        self.corrupt_kinds: tuple[str, ...] = ("chosen_corrupt",)
         self.preflight_max_bad_fraction, self.preflight_report = preflight_max_bad_fraction, None
 
     def bind(self, model, negatives: dict | None = None, needs=None, reference=None) -> None:
@@ -114,6 +115,9 @@ class PreferenceDataModule(L.LightningDataModule):
         self.train_negatives = bool(needs and needs.train_negatives)
         self.unpaired = bool(needs and needs.unpaired)  # the loss terms train on unpaired samples (KTO)
         self.listwise = bool(needs and needs.listwise)  # a term takes all K responses ([B, K] inputs)
+        # the corrupted-media rows training batches carry (those the terms score); held-out batches add
+        # chosen_corrupt, which media_reliance reads
+        self.corrupt_kinds = (needs.corrupt_kinds if needs else ()) or ("chosen_corrupt",)
         reason = model.shared_layout_unsupported_reason() if self.layout == "shared" else None
         if reason is not None:
             log.warning("data.layout=shared needs a 4-D attention mask, but %s: training with data.layout="
@@ -173,19 +177,23 @@ class PreferenceDataModule(L.LightningDataModule):
         make = getattr(m, "preference_tokenizer", None)
         return make(self.max_length) if make else PreferenceTokenizer(m.tokenizer, m.media_token_ids, self.max_length)
 
-    def collator(self, negatives: dict | None = None) -> Collator:
+    def collator(self, negatives: dict | None = None, held_out: bool = False) -> Collator:
+        """Held-out batches add ``chosen_corrupt`` rows, which media_reliance reads; training batches carry the
+        corrupted-media rows the terms score."""
+        kinds = tuple(dict.fromkeys(("chosen_corrupt",) * held_out + self.corrupt_kinds))
         return Collator(self.layout, self.model.tokenizer.pad_token_id, dict(self.model.adapters.items()),
-                        self.pad_to_multiple_of, negatives, self.seed, self.pack_length, self.listwise)
+                        self.pad_to_multiple_of, negatives, self.seed, self.pack_length, self.listwise, kinds)
 
     def train_collator(self) -> Collator:
         """What collates a training batch (in the training step for online batches: ``pipeline.Deferred``)."""
         return self.collator(self.negatives if self.train_negatives else None)
 
-    def _process(self, batch_size: int, negatives: dict | None = None, digest: bool = False, online: bool = False):
+    def _process(self, batch_size: int, negatives: dict | None = None, digest: bool = False, online: bool = False,
+                 held_out: bool = False):
         adapters = dict(self.model.adapters.items())
         tok, pack = self.tokenizer(), self.pack_length
         online = online and self.online_fraction > 0  # online batches are collated in the training step
-        collate = Deferred() if online else self.collator(negatives)
+        collate = Deferred() if online else self.collator(negatives, held_out)
         return Compose([
             partial(decode, adapters=adapters, digest=digest or bool(self.reference_stages),  # raw sample -> media tensors
                     prompt_only=online),
@@ -200,7 +208,7 @@ class PreferenceDataModule(L.LightningDataModule):
         ])
 
     def _loader(self, urls: list[str], batch_size: int, shuffle: bool, negatives: dict | None, online: bool = False):
-        stream = PreferenceStream(urls, self._process(batch_size, negatives, online=online), shuffle,
+        stream = PreferenceStream(urls, self._process(batch_size, negatives, online=online, held_out=not shuffle), shuffle,
                                   self.shuffle_buffer, self.seed)
         epoch, skip = resume_position(self.trainer) if shuffle else (0, 0)
         loader = EpochLoader(stream, epoch, skip, num_workers=self.num_workers, worker_init_fn=worker_init,

@@ -10,7 +10,13 @@
 For each sample, one operator per configured modality is drawn with those probabilities (normalised to
 sum to 1) and applied in the data workers, with a generator seeded from (seed, sample key): the same
 sample gets the same corruption under the same seed. Operators that declare they need another sample
-(``@uses_donor``, e.g. ``swap``) take a donor from the same batch, never the sample itself.
+(``@uses_donor``, e.g. ``swap``) take a donor from the same batch, never the sample itself; with
+``donor_pick: other_answer`` on such an entry the donor is drawn among the samples whose chosen response
+differs from this one's (on the trap-prior tasks: another class), any other sample where the batch has none::
+
+    negatives:
+      image:
+        - {op: swap, donor_pick: other_answer}
 """
 from __future__ import annotations
 
@@ -42,7 +48,9 @@ def validate_negatives(negatives: dict | None, adapters: dict) -> dict[str, list
                 raise ValueError(f"{key}.p must be > 0, got {p}")
             fn = getattr(ops[op], "op", ops[op])
             allowed = [n for n, prm in inspect.signature(fn).parameters.items() if prm.default is not inspect.Parameter.empty
-                       and n != "donor"]
+                       and n != "donor"] + (["donor_pick"] if needs_donor(ops[op]) else [])
+            if entry.get("donor_pick", "any") not in DONOR_PICKS:
+                raise ValueError(f"{key}.donor_pick={entry['donor_pick']!r} is not one of {list(DONOR_PICKS)}")
             unknown = set(entry) - set(allowed)
             if unknown:
                 raise ValueError(f"{key} ({op}): unknown parameter(s) {sorted(unknown)}; {op} takes {allowed or 'none'}")
@@ -50,6 +58,16 @@ def validate_negatives(negatives: dict | None, adapters: dict) -> dict[str, list
         total = sum(p for _, p, _ in parsed)
         spec[modality] = [(op, p / total, params) for op, p, params in parsed]
     return spec
+
+
+DONOR_PICKS = ("any", "other_answer")
+
+
+def _chosen(ex: dict):
+    """The example's chosen response's token ids (its best on a K-response sample; None if unpaired)."""
+    from .collate import own_response
+    name = own_response(ex, "chosen")
+    return None if name is None else list(ex["responses"][name])
 
 
 def reliance_spec(adapters: dict) -> dict[str, list[tuple[str, float, dict]]]:
@@ -74,11 +92,16 @@ def corrupt_examples(examples: list[dict], spec: dict, adapters: dict, seed: int
                 continue
             pick = torch.multinomial(torch.tensor([p for _, p, _ in choices]), 1, generator=rng).item()
             op, _, params = choices[pick]
+            params = dict(params)
+            pick_from = params.pop("donor_pick", "any")
             donor = None
             if needs_donor(adapters[modality].operators[op]):
                 others = [j for j in range(len(examples)) if j != i and modality in examples[j]["media"]]
                 if not others:  # a batch of one: no donor, so the sample keeps its media
                     continue
+                if pick_from == "other_answer":  # class-aware: a sample whose chosen response differs, if any
+                    own = _chosen(ex)
+                    others = [j for j in others if _chosen(examples[j]) != own] or others
                 donor = examples[others[int(torch.randint(len(others), (), generator=rng))]]["media"][modality]
             media[modality] = adapters[modality].corrupt(media[modality], op, rng, donor=donor, **params)
         out.append(media)
