@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from .losses import Out, _ratios, _rewards, register
+from .loss_registry import Out, _ratios, _rewards, register
 
 
 # ---- mDPO's image-conditioned terms (Wang et al. 2024) ----

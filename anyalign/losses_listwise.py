@@ -11,7 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .losses import Out, register
+from .loss_registry import Out, register
 
 
 # ---- K responses per prompt (listwise): inputs [B, K], ``ranks`` [B, K] (0 best, +inf absent) ----

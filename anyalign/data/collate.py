@@ -29,27 +29,13 @@ import torch
 
 from ..sequences import SEQUENCES
 from .negatives import corrupt_examples
+from .schema import best_and_worst, own_response  # noqa: F401  (re-exported: the collator's names)
 
 LAYOUTS = ("shared", "concatenated")
 
 
 def _weights(ex: dict, name: str) -> list[float] | None:
     return ex.get("weights", {}).get(name)
-
-
-def best_and_worst(ranks: list) -> tuple[int, int]:
-    """A K-response sample's best (the first of rank 0) and worst (the last of the largest rank) response."""
-    worst = max(ranks)
-    return ranks.index(min(ranks)), len(ranks) - 1 - ranks[::-1].index(worst)
-
-
-def own_response(ex: dict, response: str) -> str | None:
-    """The name of the example's response that a sequence kind's ``response`` means: itself for a pair or an
-    unpaired sample; for a K-response sample ``chosen`` is its best and ``rejected`` its worst response."""
-    if "ranks" in ex and response in ("chosen", "rejected"):
-        from .schema import response_name
-        return response_name(best_and_worst(ex["ranks"])[response == "rejected"])
-    return response if response in ex["responses"] else None
 
 
 def _kinds(flag: str) -> list:

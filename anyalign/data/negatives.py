@@ -65,7 +65,7 @@ DONOR_PICKS = ("any", "other_answer")
 
 def _chosen(ex: dict):
     """The example's chosen response's token ids (its best on a K-response sample; None if unpaired)."""
-    from .collate import own_response
+    from .schema import own_response
     name = own_response(ex, "chosen")
     return None if name is None else list(ex["responses"][name])
 

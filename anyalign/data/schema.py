@@ -362,3 +362,17 @@ def _check_ignored(sample: dict, extensions: tuple[str, ...], have: int) -> None
 
 def is_unpaired(record: dict) -> bool:
     return "completion" in record["responses"]
+
+
+def best_and_worst(ranks: list) -> tuple[int, int]:
+    """A K-response sample's best (the first of rank 0) and worst (the last of the largest rank) response."""
+    worst = max(ranks)
+    return ranks.index(min(ranks)), len(ranks) - 1 - ranks[::-1].index(worst)
+
+
+def own_response(ex: dict, response: str) -> str | None:
+    """The name of the example's response that a sequence kind's ``response`` means: itself for a pair or an
+    unpaired sample; for a K-response sample ``chosen`` is its best and ``rejected`` its worst response."""
+    if "ranks" in ex and response in ("chosen", "rejected"):
+        return response_name(best_and_worst(ex["ranks"])[response == "rejected"])
+    return response if response in ex["responses"] else None
