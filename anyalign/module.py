@@ -127,7 +127,7 @@ class AlignModule(L.LightningModule):
         self.negatives = validate_negatives(negatives, self.policy.adapters)
         if self.needs.train_negatives and not self.negatives:
             names = [t["name"] for t in self.terms if Needs(tuple(t["spec"].sequences)).train_negatives]
-            raise ValueError(f"loss term(s) {names} score the chosen response under corrupted media, but "
+            raise ValueError(f"loss term(s) {names} score a response under corrupted media, but "
                              "model.negatives names no corruption operator")
         self.reference = build_reference(reference if needs_ref else "none", self.policy, reference_cache,
                                          ref_sequences, torch_dtype, self.negatives, reference_sync)
