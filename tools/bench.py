@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import statistics
@@ -43,6 +44,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+# this tree's anyalign, not whichever checkout the environment installed (an editable install points at one
+# checkout; a script's own directory, not the working directory, heads sys.path): here and in the children
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
 
 VARIANTS = {
     "concatenated+frozen_copy": ["--data.layout", "concatenated", "--model.reference", "frozen_copy"],
