@@ -325,3 +325,105 @@ def test_packed_fit_with_negatives_and_precomputed_reference(tmp_path, monkeypat
     assert pre[0]["loss"] == pytest.approx(2 * math.log(2), abs=1e-5)
     for a, b in zip(pre, fc):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+
+
+# Segment attention (anyalign/attention.py): packed rows under SDPA on the CPU run attention once per group
+
+
+def test_segments_cut_rows_at_groups_with_the_dense_masks_blocks():
+    from anyalign.attention import PAD, attention_segments
+    roles, groups = _spans([[[(0, 3), (1, 2), (2, 4)], [(0, 2), (1, 3)]],
+                            [[(0, 5), (1, 1), (2, 2)]]])
+    seg = attention_segments(roles, groups)
+    t = roles.shape[1]
+    assert sum(seg.sizes) == roles.numel() and t == 14
+    assert seg.sizes == [9, 5, 8, 6]  # row 0: two groups; row 1: one group, then 6 padding positions
+    assert seg.masks[1] is None  # one response: plain causal, no mask
+    assert isinstance(seg.masks[3], str) and seg.masks[3] == PAD
+    dense = attention_mask_4d(roles, groups=groups)
+    torch.testing.assert_close(seg.masks[0], dense[:1, :, :9, :9])
+    torch.testing.assert_close(seg.masks[2], dense[1:, :, :8, :8])
+
+
+def _dense(model):
+    """The same model forced onto the dense mask (what an LM that drops the keyword gets)."""
+    import copy
+    dense = copy.deepcopy(model)
+    dense._routes_segments = False
+    return dense
+
+
+@pytest.mark.parametrize("layout", ["shared", "concatenated"])
+def test_segment_attention_equals_the_dense_mask(text_model, layout, monkeypatch):
+    import anyalign.model
+    model, exs = text_model, _text_examples(text_model)
+    rows = rows_for(exs, layout)
+    batch = collate_rows(rows, model.tokenizer.pad_token_id, {}, len(exs), pack=3 * max(group_length(r) for r in rows))
+    assert (batch["roles"] < 0).any()  # padding runs too
+    dense_lp, _, dense_grad = _forward(_dense(model), batch)
+    built = []
+    monkeypatch.setattr(anyalign.model, "attention_mask_4d", lambda *a, **k: built.append(1))
+    cache = StepCache()
+    model.zero_grad()
+    out = model(batch, cache)
+    seg = cache.masks[("segments", torch.float32, torch.device("cpu"))]
+    assert seg.calls == model.lm.config.num_hidden_layers and not built  # every layer, no dense mask
+    with torch.no_grad():
+        model(batch, cache)  # a second forward on the batch (the reference's) reuses the segments
+    assert seg.calls == 2 * model.lm.config.num_hidden_layers and len(cache.masks) == 1
+    seg_lp, _, seg_grad = _forward(model, batch)
+    for name in dense_lp:
+        torch.testing.assert_close(seg_lp[name], dense_lp[name], atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(out.logps[batch["index"][name]].detach(), dense_lp[name], atol=1e-4, rtol=1e-5)
+    assert seg_grad.keys() == dense_grad.keys()
+    for n, g in seg_grad.items():
+        torch.testing.assert_close(g, dense_grad[n], atol=1e-5, rtol=1e-4, msg=n)
+
+
+def test_unpacked_rows_keep_the_dense_mask(text_model):
+    exs = _text_examples(text_model)
+    rows = rows_for(exs, "shared")
+    for batch in (collate_rows(rows, 0, {}, len(exs)), collate_rows(rows, 0, {}, len(exs), pack=1)):
+        cache = StepCache()
+        with torch.no_grad():
+            text_model(batch, cache)
+        assert [k[0] for k in cache.masks] == ["sdpa"]  # the dense (or padding) mask, no segments
+    batch = collate_rows(rows, 0, {}, len(exs), pack=200)
+    text_model.lm.set_attn_implementation("eager")  # segments are an SDPA path only
+    cache = StepCache()
+    with torch.no_grad():
+        text_model(batch, cache)
+    assert [k[0] for k in cache.masks] == ["eager"]
+
+
+def test_lm_that_drops_the_keyword_falls_back_to_the_dense_mask(text_model, caplog):
+    model, exs = text_model, _text_examples(text_model)
+    rows = rows_for(exs, "shared")
+    batch = collate_rows(rows, 0, {}, len(exs), pack=200)
+    with torch.no_grad():
+        expected = _dense(model)(batch).logps
+    decoder = model.lm.get_decoder()
+    forward = decoder.forward
+    decoder.forward = lambda *a, **k: forward(*a, **{x: v for x, v in k.items() if x != "anyalign_segments"})
+    cache = StepCache()
+    with caplog.at_level(logging.INFO, logger="anyalign"), torch.no_grad():
+        got = model(batch, cache).logps
+    assert "packed rows take the dense mask" in caplog.text and model._routes_segments is False
+    assert ("sdpa", torch.float32, torch.device("cpu")) in cache.masks
+    torch.testing.assert_close(got, expected)
+
+
+def test_sdpa_registry_entry_is_transformers_own_without_segments():
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from anyalign.attention import segment_sdpa
+    assert ALL_ATTENTION_FUNCTIONS["sdpa"] is segment_sdpa
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = 2, True
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(2, 4, 7, 8, generator=g), torch.randn(2, 2, 7, 8, generator=g), torch.randn(2, 2, 7, 8, generator=g)
+    mask = torch.zeros(2, 1, 7, 7).masked_fill_(torch.rand(2, 1, 7, 7, generator=g) < 0.3, -1e30)
+    mask[..., torch.arange(7), torch.arange(7)] = 0
+    for m in (None, mask):
+        assert torch.equal(segment_sdpa(module, q, k, v, m, scaling=0.3)[0],
+                           segment_sdpa.original(module, q, k, v, m, scaling=0.3)[0])
