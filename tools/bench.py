@@ -59,8 +59,9 @@ VARIANTS = {
     "concatenated+none(sft)": ["--data.layout", "concatenated", "--model.losses", '[{"name": "sft"}]'],
     "shared+none(sft)": ["--data.layout", "shared", "--model.losses", '[{"name": "sft"}]'],
     # packed rows (data.packing): several pairs per row up to data.max_length tokens, the same pairs per batch
-    "shared+packed+frozen_copy": ["--data.layout", "shared", "--data.packing", "true", "--model.reference", "frozen_copy"],
-    "shared+packed+none(sft)": ["--data.layout", "shared", "--data.packing", "true", "--model.losses",
+    "shared+packed+frozen_copy": ["--data.layout", "shared", "--data.packing", "{packing}", "--model.reference",
+                                  "frozen_copy"],
+    "shared+packed+none(sft)": ["--data.layout", "shared", "--data.packing", "{packing}", "--model.losses",
                                 '[{"name": "sft"}]'],
 }
 
@@ -160,7 +161,7 @@ def run_variant(config: str, extra: list[str], steps: int, warmup: int, repeats:
             "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}
 
 
-def check_logps(config: str, overrides: list[str], batches: int = 2) -> dict:
+def check_logps(config: str, overrides: list[str], batches: int = 2, packing: str = "true") -> dict:
     """The initial policy's log-probs of the same training examples in unpacked and in packed rows (the config's
     layout, fp32 unless the config says otherwise, no dropout): the largest difference over every sequence."""
     import itertools
@@ -172,7 +173,7 @@ def check_logps(config: str, overrides: list[str], batches: int = 2) -> dict:
     from anyalign.data.scan import example_stages
 
     cli = build_cli(["--config", config, "--data.num_workers", "0", "--trainer.logger", "false", *overrides,
-                     "--data.packing", "true"])
+                     "--data.packing", packing])
     module, data = cli.model, cli.datamodule
     data.bind(module.policy, module.negatives, module.needs, module.reference)
     if not data.packing:
@@ -239,6 +240,8 @@ def main() -> None:
                     "expansion (K(K-1)/2 pairs) in the duplicated layout and in shared rows, on video with 256 media "
                     "tokens per clip built at run time (tools/make_k_data.py); use with --config configs/video_dpo.yaml "
                     "and -- --data.batch_size B (prompts per step)")
+    ap.add_argument("--packing", default="true", help="data.packing of the +packed variants: true (rows of "
+                    "data.max_length tokens) or a row length in tokens (default: true)")
     ap.add_argument("--k-prompts", type=int, default=64, help=argparse.SUPPRESS)
     ap.add_argument("--subst", default="{}", help=argparse.SUPPRESS)
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -247,10 +250,10 @@ def main() -> None:
     ap.add_argument("--cache", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child_logps:
-        print(json.dumps(check_logps(args.config, args.overrides)))
+        print(json.dumps(check_logps(args.config, args.overrides, packing=args.packing)))
         return
     if args.child:
-        subst = {"{cache}": args.cache or "", **json.loads(args.subst)}
+        subst = {"{cache}": args.cache or "", "{packing}": args.packing, **json.loads(args.subst)}
         extra = list(VARIANTS.get(args.child) or K_VARIANTS[args.child])
         for key, value in subst.items():
             extra = [a.replace(key, str(value)) for a in extra]
@@ -299,6 +302,7 @@ def main() -> None:
         for name in names:
             cmd = [sys.executable, __file__, "--config", args.config, "--steps", str(args.steps), "--warmup",
                    str(args.warmup), "--repeats", str(args.repeats), "--threads", str(args.threads), "--child", name,
+                   "--packing", args.packing,
                    "--cache", cache, "--subst", json.dumps(subst), "--", *args.overrides]
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode:
@@ -334,7 +338,8 @@ def main() -> None:
                   f"{100 * (1 - r['tokens'] / r['padded']):.0f}% vs {100 * (1 - plain['tokens'] / plain['padded']):.0f}% "
                   f"of the row positions")
     if any("+packed" in n for n in names):
-        out = subprocess.run([sys.executable, __file__, "--config", args.config, "--child-logps", "--", *args.overrides],
+        out = subprocess.run([sys.executable, __file__, "--config", args.config, "--child-logps", "--packing",
+                              args.packing, "--", *args.overrides],
                              capture_output=True, text=True)
         if out.returncode:
             sys.exit(f"log-prob check failed:\n{out.stderr[-3000:]}")
