@@ -330,19 +330,37 @@ def test_packed_fit_with_negatives_and_precomputed_reference(tmp_path, monkeypat
 # Segment attention (anyalign/attention.py): packed rows under SDPA on the CPU run attention once per group
 
 
-def test_segments_cut_rows_at_groups_with_the_dense_masks_blocks():
+def _plan_allowed(piece, n):
+    """The query-key pairs a group's plan computes, as an ``[n, n]`` boolean matrix over the group."""
+    if piece.dense is not None:
+        return piece.dense[0, 0] == 0
+    allowed = torch.zeros(n, n, dtype=torch.bool)
+    a, p = piece.first, piece.prompt
+    allowed[:a, :a] = torch.ones(a, a, dtype=torch.bool).tril()  # causal, no mask
+    for (start, end), mask in zip(piece.slots, piece.masks):
+        assert mask.shape == (1, 1, end - start, p + end - start)
+        allowed[start:end, :p] = mask[0, 0, :, :p] == 0
+        allowed[start:end, start:end] = mask[0, 0, :, p:] == 0
+    return allowed
+
+
+def test_segments_cut_rows_at_groups_and_slots_as_the_dense_mask_does():
     from anyalign.attention import PAD, attention_segments
     roles, groups = _spans([[[(0, 3), (1, 2), (2, 4)], [(0, 2), (1, 3)]],
-                            [[(0, 5), (1, 1), (2, 2)]]])
+                            [[(0, 5), (1, 1), (2, 2), (3, 3)]],
+                            [[(0, 4)], [(1, 2), (0, 3)]]])  # no slot; roles out of order: the group's dense mask
     seg = attention_segments(roles, groups)
-    t = roles.shape[1]
-    assert sum(seg.sizes) == roles.numel() and t == 14
-    assert seg.sizes == [9, 5, 8, 6]  # row 0: two groups; row 1: one group, then 6 padding positions
-    assert seg.masks[1] is None  # one response: plain causal, no mask
-    assert isinstance(seg.masks[3], str) and seg.masks[3] == PAD
-    dense = attention_mask_4d(roles, groups=groups)
-    torch.testing.assert_close(seg.masks[0], dense[:1, :, :9, :9])
-    torch.testing.assert_close(seg.masks[2], dense[1:, :, :8, :8])
+    assert sum(seg.sizes) == roles.numel() and roles.shape[1] == 14
+    assert seg.sizes == [9, 5, 11, 3, 4, 5, 5]  # groups, then each row's padding run
+    assert seg.pieces[1].first == 5 and not seg.pieces[1].slots  # one response: plain causal, no mask
+    assert [seg.pieces[2].prompt, seg.pieces[2].first, seg.pieces[2].slots] == [5, 6, [(6, 8), (8, 11)]]
+    assert seg.pieces[3] == PAD and seg.pieces[6] == PAD
+    assert seg.pieces[4].dense is not None and seg.pieces[5].dense is not None
+    dense = attention_mask_4d(roles, groups=groups)[:, 0] == 0
+    starts = [(0, 0), (0, 9), (1, 0), (2, 0), (2, 4)]
+    for (r, s), piece, n in zip(starts, [seg.pieces[i] for i in (0, 1, 2, 4, 5)], [9, 5, 11, 4, 5]):
+        assert torch.equal(_plan_allowed(piece, n), dense[r, s:s + n, s:s + n])
+        assert not dense[r, s:s + n, :s].any() and not dense[r, s:s + n, s + n:].any()  # nothing outside the group
 
 
 def _dense(model):
