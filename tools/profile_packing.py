@@ -33,6 +33,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skewed", action="store_true", help="the length-skewed set of tools/make_skewed_data.py")
     ap.add_argument("--no-profiler", action="store_true", help="timers only (no per-operator table)")
+    ap.add_argument("--segments-unpacked", action="store_true", help="measurement only: unpacked rows also take "
+                    "segment attention (each row one group, its padding skipped), to tell the share of the packed "
+                    "gain that comes from skipping padding in attention, which unpacked rows could have too")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
 
@@ -69,6 +72,18 @@ def main() -> None:
         return "policy" if torch.is_grad_enabled() else "reference"
 
     M = model_mod.MultimodalLM
+    if args.segments_unpacked:
+        segments = M.segments
+
+        def every_row(self, roles, groups, dtype, cache):
+            if groups is None or int(groups.max()) <= 0:
+                key = ("segments", dtype, roles.device)
+                if key not in cache and self.attn_implementation == "sdpa":
+                    from anyalign.attention import attention_segments
+                    cache[key] = attention_segments(roles, torch.where(roles >= 0, 0, -1), dtype)
+                return cache.get(key)
+            return segments(self, roles, groups, dtype, cache)
+        M.segments = every_row
     M._build_mask = timed("mask", M._build_mask)
     M.embed = timed(lambda s: f"embed ({who(s)})", M.embed)
     M.forward = timed(lambda s: f"forward ({who(s)})", M.forward)
@@ -129,7 +144,8 @@ def main() -> None:
     b = state["batches"]
     tokens, positions = sum(x["tokens"] for x in b), sum(x["rows"] * x["T"] for x in b)
     print(f"packing={args.packing} {' '.join(args.overrides)} | threads {args.threads} | {n} steps")
-    print(f"step {step_ms:.1f} ms (profiled) | rows/batch {sum(x['rows'] for x in b) / n:.1f}, row length "
+    print(f"tokens/s {tokens / sum(state['steps']):.0f}{' (profiled)' if not args.no_profiler else ''}")
+    print(f"step {step_ms:.1f} ms{' (profiled)' if not args.no_profiler else ''} | rows/batch {sum(x['rows'] for x in b) / n:.1f}, row length "
           f"{sum(x['T'] for x in b) / n:.0f}, groups/row {sum(x['groups'] for x in b) / sum(x['rows'] for x in b):.2f}, "
           f"tokens/batch {tokens / n:.0f}, padding {100 * (1 - tokens / positions):.0f}%")
     print(f"attention area per batch (query-key pairs in the kernel): rows x T^2 {sum(x['sq'][0] for x in b) / n / 1e3:.0f}k, "
