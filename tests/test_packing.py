@@ -445,3 +445,21 @@ def test_sdpa_registry_entry_is_transformers_own_without_segments():
     for m in (None, mask):
         assert torch.equal(segment_sdpa(module, q, k, v, m, scaling=0.3)[0],
                            segment_sdpa.original(module, q, k, v, m, scaling=0.3)[0])
+
+
+def test_segment_attention_under_activation_checkpointing(tiny_lm):
+    """Recomputed layers get the same segments (the keyword rides along into the recomputation)."""
+    torch.manual_seed(0)
+    model = MultimodalLM(tiny_lm, {}, gradient_checkpointing=True)  # train mode: checkpointing is active
+    assert model.lm.get_decoder().gradient_checkpointing and model.training
+    exs = _text_examples(model)
+    batch = collate_rows(rows_for(exs, "shared"), 0, {}, len(exs), pack=200)
+    dense_lp, _, dense_grad = _forward(_dense(model), batch)
+    cache = StepCache()
+    model(batch, cache).logps.sum().backward()
+    assert next(iter(cache.masks.values())).calls == 2 * model.lm.config.num_hidden_layers  # forward, recomputed
+    seg_lp, _, seg_grad = _forward(model, batch)
+    for name in dense_lp:
+        torch.testing.assert_close(seg_lp[name], dense_lp[name], atol=1e-4, rtol=1e-5)
+    for n, g in seg_grad.items():
+        torch.testing.assert_close(g, dense_grad[n], atol=1e-5, rtol=1e-4, msg=n)
