@@ -21,6 +21,10 @@ packed vs unpacked. ``--skewed`` trains on a length-skewed multi-image set built
     python tools/bench.py --config configs/multi_image_dpo.yaml --skewed --threads 1 --rounds 5 \
         --variants shared+frozen_copy,shared+packed+frozen_copy -- --data.max_length 512
 
+``--packing N`` trains the ``+packed`` variants with ``data.packing: N`` (rows of up to N tokens) instead of
+``true``. The script imports the anyalign of the tree it lives in (its children too), whatever checkout the
+environment's editable install points at.
+
 ``--k-responses K`` compares one K-response row per prompt with the pairwise expansion of the same ranking
 (K(K-1)/2 pairs per prompt) on video with 256 media tokens per clip (``VideoAdapter`` 16 frames x 16 patches),
 built at run time by ``tools/make_k_data.py`` from the demo clips: the pairs in the duplicated (concatenated)
