@@ -97,18 +97,19 @@ class StepTimer:
                 if batch_idx == warmup and module.device.type == "cuda":
                     import torch
                     torch.cuda.reset_peak_memory_stats()
-                self.t0 = time.perf_counter()
+                self.t0, self.c0 = time.perf_counter(), time.process_time()
 
             def on_train_batch_end(cb, trainer, module, outputs, batch, batch_idx):
                 self._sync(module)
                 if batch_idx >= warmup:
                     self.times.append(time.perf_counter() - self.t0)
+                    self.cpu.append(time.process_time() - self.c0)
                     self.batches.append({"pairs": len(batch["keys"]), "tokens": int((batch["roles"] >= 0).sum()),
                                          "rows": batch["roles"].shape[0], "padded": batch["roles"].numel(),
                                          "scored": int((batch["target_seq"] >= 0).sum()),
                                          "media": int(sum((batch["input_ids"] == t).sum()
                                                           for t in module.policy.media_token_ids.values()))})
-        self.callback, self.times, self.batches, self.t0 = _Timer(), [], [], 0.0
+        self.callback, self.times, self.cpu, self.batches, self.t0, self.c0 = _Timer(), [], [], [], 0.0, 0.0
 
     @staticmethod
     def _sync(module):
@@ -139,6 +140,9 @@ def run_variant(config: str, extra: list[str], steps: int, warmup: int, repeats:
     blocks = [timer.batches[i * steps:(i + 1) * steps] for i in range(repeats)]
     # rates per block, then the median block: blocks of a length-skewed set hold different token counts
     tokens_per_s = statistics.median(sum(b["tokens"] for b in blk) / t for blk, t in zip(blocks, times))
+    # the same per CPU-second of this process (all its threads): on a shared machine, less swayed by the others
+    cpu = [sum(timer.cpu[i * steps:(i + 1) * steps]) for i in range(repeats)]
+    tokens_per_cpu_s = statistics.median(sum(b["tokens"] for b in blk) / t for blk, t in zip(blocks, cpu))
     timed = blocks[0]  # one block's work, for the per-pair and FLOP figures
     pairs, tokens = sum(b["pairs"] for b in timed), sum(b["tokens"] for b in timed)
     scored, media = sum(b["scored"] for b in timed), sum(b["media"] for b in timed)
@@ -160,6 +164,7 @@ def run_variant(config: str, extra: list[str], steps: int, warmup: int, repeats:
     rows = sum(b["rows"] for b in timed)
     return {"samples_per_s": samples_per_s, "reference_mib": ref_mib, "tflops_per_s": flops / best / 1e12,
             "dtype": str(next(lm.parameters()).dtype).removeprefix("torch."), "tokens_per_s": tokens_per_s, "peak_mib": peak,
+            "tokens_per_cpu_s": tokens_per_cpu_s,
             "seconds": times, "pairs": pairs, "tokens": tokens, "media_tokens": media, "response_tokens": scored,
             "rows": rows, "padded": sum(b["padded"] for b in timed),
             "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}
@@ -317,7 +322,8 @@ def main() -> None:
             r["prompts_per_s"] = r["samples_per_s"] / per_prompt.get(name, 1)
         rs = sorted(rs, key=lambda r: r["samples_per_s"])
         results[name] = {**rs[len(rs) // 2], "peak_mib": max(r["peak_mib"] for r in rs),
-                         "range": (rs[0]["samples_per_s"], rs[-1]["samples_per_s"])}
+                         "range": (rs[0]["samples_per_s"], rs[-1]["samples_per_s"]),
+                         "tokens_per_cpu_s": statistics.median(r["tokens_per_cpu_s"] for r in rs)}
     first = next(iter(results.values()))
     print(f"config {args.config} {' '.join(args.overrides)} | device {first['device']} | {args.steps} steps x "
           f"{args.repeats} repeats after {args.warmup} warm-up, {args.rounds} round(s) | threads {args.threads or 'default'} | per pair: "
@@ -336,7 +342,10 @@ def main() -> None:
     for name, r in results.items():  # packed against the same variant unpacked: the padding-free gain
         plain = results.get(name.replace("+packed", ""))
         if "+packed" in name and plain:
-            print(f"{name} vs {name.replace('+packed', '')}: tokens/s {r['tokens_per_s'] / plain['tokens_per_s']:.2f}x, "
+            print(f"{name} vs {name.replace('+packed', '')}: tokens/s {r['tokens_per_s'] / plain['tokens_per_s']:.2f}x "
+                  f"({r['tokens_per_s']:.0f} vs {plain['tokens_per_s']:.0f}; per CPU-second of the process "
+                  f"{r['tokens_per_cpu_s'] / plain['tokens_per_cpu_s']:.2f}x, {r['tokens_per_cpu_s']:.0f} vs "
+                  f"{plain['tokens_per_cpu_s']:.0f}), "
                   f"peak memory {r['peak_mib']:.0f} vs {plain['peak_mib']:.0f} MiB; rows per batch "
                   f"{r['rows'] / args.steps:.1f} vs {plain['rows'] / args.steps:.1f}, padding "
                   f"{100 * (1 - r['tokens'] / r['padded']):.0f}% vs {100 * (1 - plain['tokens'] / plain['padded']):.0f}% "

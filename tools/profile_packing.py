@@ -105,7 +105,7 @@ def main() -> None:
                      "--data.layout", "shared", "--model.reference", "frozen_copy", "--data.packing", args.packing,
                      *overrides])
     module, data, trainer = cli.model, cli.datamodule, cli.trainer
-    state = {"prof": None, "t": 0.0, "steps": [], "batches": [], "marks": {}}
+    state = {"prof": None, "t": 0.0, "cpu": 0.0, "steps": [], "cpu_steps": [], "batches": [], "marks": {}}
     prof = profile(activities=[ProfilerActivity.CPU]) if not args.no_profiler else contextlib.nullcontext()
 
     class Hooks(L.Callback):
@@ -113,7 +113,7 @@ def main() -> None:
             if batch_idx == args.warmup:
                 wall.clear()
                 state["prof"] = prof.__enter__() or True
-            state["t"] = time.perf_counter()
+            state["t"], state["cpu"] = time.perf_counter(), time.process_time()
 
         def on_before_backward(self, trainer, module, loss):
             state["marks"]["b0"] = time.perf_counter()
@@ -129,6 +129,7 @@ def main() -> None:
             wall["backward"] = wall.get("backward", 0.0) + m["b1"] - m["b0"]
             wall["after backward (optimizer, hooks)"] = wall.get("after backward (optimizer, hooks)", 0.0) + now - m["b1"]
             state["steps"].append(now - state["t"])
+            state["cpu_steps"].append(time.process_time() - state["cpu"])
             roles = batch["roles"]
             groups = batch.get("groups")
             state["batches"].append({"rows": roles.shape[0], "T": roles.shape[1], "tokens": int((roles >= 0).sum()),
@@ -144,7 +145,10 @@ def main() -> None:
     b = state["batches"]
     tokens, positions = sum(x["tokens"] for x in b), sum(x["rows"] * x["T"] for x in b)
     print(f"packing={args.packing} {' '.join(args.overrides)} | threads {args.threads} | {n} steps")
-    print(f"tokens/s {tokens / sum(state['steps']):.0f}{' (profiled)' if not args.no_profiler else ''}")
+    # CPU time of the process (all its threads): less swayed than wall time
+    # by other processes on a shared machine
+    print(f"tokens/s {tokens / sum(state['steps']):.0f} wall, {tokens / sum(state['cpu_steps']):.0f} per CPU-second"
+          f"{' (profiled)' if not args.no_profiler else ''}")
     print(f"step {step_ms:.1f} ms{' (profiled)' if not args.no_profiler else ''} | rows/batch {sum(x['rows'] for x in b) / n:.1f}, row length "
           f"{sum(x['T'] for x in b) / n:.0f}, groups/row {sum(x['groups'] for x in b) / sum(x['rows'] for x in b):.2f}, "
           f"tokens/batch {tokens / n:.0f}, padding {100 * (1 - tokens / positions):.0f}%")
