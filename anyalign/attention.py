@@ -65,7 +65,8 @@ def _slot_mask(prompt: int, n: int, dtype: torch.dtype, device) -> torch.Tensor:
     """Queries of an ``n``-token slot over the keys ``prompt | slot``: every prompt key, and the slot causally."""
     i, k = torch.arange(n, device=device)[:, None], torch.arange(prompt + n, device=device)[None, :]
     allowed = (k < prompt) | (k - prompt <= i)
-    return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, torch.finfo(dtype).min)[None, None]
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[None, None]
 
 
 def _group(roles: torch.Tensor, dtype: torch.dtype) -> Group:
@@ -116,6 +117,10 @@ def segment_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0
     if anyalign_segments is None:
         return _SDPA(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                      is_causal=is_causal, **kwargs)
+    if kwargs.get("softcap") is not None or kwargs.get("position_bias") is not None:
+        # the dense mask would not carry these either: a placeholder stands in for it (``MultimodalLM.forward``)
+        raise ValueError("segment attention (packed rows under SDPA) takes no attention-logit softcap or position "
+                         "bias; set data.packing: false")
     segments = anyalign_segments
     segments.calls += 1
     rep = getattr(module, "num_key_value_groups", 1)

@@ -13,7 +13,7 @@ to the decoder as prebuilt 4-D masks, which transformers passes to every layer u
 at each slot, are never read as packed sequences (transformers only looks for those without a mask).
 Packed rows (``data.packing``: several samples' groups in one row, a ``groups`` tensor in the batch) take
 the same masks with the group rule added: a position sees only its own group, whose positions restart at 0.
-Under SDPA on the CPU they skip the dense mask: each attention layer runs once per group
+Under SDPA on the CPU they skip the dense mask: each attention layer runs SDPA per group and per response
 (``anyalign/attention.py``), so no work is spent on pairs of positions in different groups.
 """
 from __future__ import annotations
@@ -205,7 +205,7 @@ class MultimodalLM(nn.Module):
 
     def segments(self, roles: torch.Tensor, groups: torch.Tensor | None, dtype: torch.dtype,
                  cache: dict) -> Segments | None:
-        """Packed rows cut at their groups for segment attention (``anyalign/attention.py``), built once per
+        """Packed rows cut at their groups and slots for segment attention (``anyalign/attention.py``), built once per
         (dtype, device) into ``cache``; None where the dense mask is used instead: unpacked rows (or packed rows
         of one group each), a kernel other than SDPA, a GPU (flex attention is the block-sparse kernel there),
         or an LM found not to pass the decoder's keyword arguments on to its attention layers."""
@@ -226,7 +226,7 @@ class MultimodalLM(nn.Module):
         embeds = self.embed(batch["input_ids"], batch["media"], cache.features)
         decoder, hidden = self.lm.get_decoder(), None
         segments = self.segments(batch["roles"], batch.get("groups"), embeds.dtype, cache.masks)
-        if segments is not None:  # packed rows under SDPA on the CPU: attention per group, no dense mask
+        if segments is not None:  # packed rows under SDPA on the CPU: attention per group and slot, no dense mask
             rows, length = batch["roles"].shape
             calls = segments.calls
             # a placeholder 4-D mask (a broadcast zero, no memory): transformers passes 4-D masks on untouched,

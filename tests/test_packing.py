@@ -439,7 +439,8 @@ def test_sdpa_registry_entry_is_transformers_own_without_segments():
     module = torch.nn.Module()
     module.num_key_value_groups, module.is_causal = 2, True
     g = torch.Generator().manual_seed(0)
-    q, k, v = torch.randn(2, 4, 7, 8, generator=g), torch.randn(2, 2, 7, 8, generator=g), torch.randn(2, 2, 7, 8, generator=g)
+    q = torch.randn(2, 4, 7, 8, generator=g)
+    k, v = torch.randn(2, 2, 7, 8, generator=g), torch.randn(2, 2, 7, 8, generator=g)
     mask = torch.zeros(2, 1, 7, 7).masked_fill_(torch.rand(2, 1, 7, 7, generator=g) < 0.3, -1e30)
     mask[..., torch.arange(7), torch.arange(7)] = 0
     for m in (None, mask):
@@ -463,3 +464,14 @@ def test_segment_attention_under_activation_checkpointing(tiny_lm):
         torch.testing.assert_close(seg_lp[name], dense_lp[name], atol=1e-4, rtol=1e-5)
     for n, g in seg_grad.items():
         torch.testing.assert_close(g, dense_grad[n], atol=1e-5, rtol=1e-4, msg=n)
+
+
+def test_segment_attention_refuses_softcap_and_position_bias():
+    from anyalign.attention import attention_segments, segment_sdpa
+    roles, groups = _spans([[[(0, 2), (1, 2)], [(0, 1), (1, 1)]]])
+    seg = attention_segments(roles, groups)
+    module = torch.nn.Module()
+    q = torch.randn(1, 2, 6, 4)
+    for extra in ({"softcap": 30.0}, {"position_bias": torch.zeros(1, 2, 6, 6)}):
+        with pytest.raises(ValueError, match="data.packing: false"):
+            segment_sdpa(module, q, q, q, None, anyalign_segments=seg, **extra)
