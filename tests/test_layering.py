@@ -16,7 +16,7 @@ LAYERS = [
     (0, ["modalities.base", "anyalign.sequences"]),                                    # contracts
     (1, ["anyalign.losses", "anyalign.logprobs", "modalities"]),                        # pure functions, adapters
     (2, ["anyalign.data"]),                                                             # the training data flow
-    (3, ["anyalign.model", "anyalign.generation", "anyalign.families"]),
+    (3, ["anyalign.model", "anyalign.attention", "anyalign.generation", "anyalign.families"]),
     (4, ["anyalign.reference"]),
     (5, ["anyalign.module", "anyalign.metrics", "anyalign.callbacks", "anyalign.export", "anyalign.checkpoint",
          "anyalign.curves"]),
