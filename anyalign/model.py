@@ -13,6 +13,8 @@ to the decoder as prebuilt 4-D masks, which transformers passes to every layer u
 at each slot, are never read as packed sequences (transformers only looks for those without a mask).
 Packed rows (``data.packing``: several samples' groups in one row, a ``groups`` tensor in the batch) take
 the same masks with the group rule added: a position sees only its own group, whose positions restart at 0.
+Under SDPA on the CPU they skip the dense mask: each attention layer runs SDPA per group and per response
+(``anyalign/attention.py``), so no work is spent on pairs of positions in different groups.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from modalities import ModalityAdapter
 from modalities.base import check_pretrained
 
+from .attention import Segments, attention_segments
 from .logprobs import SeqLogps, attention_block_mask, attention_mask_4d, gather_logps
 
 log = logging.getLogger("anyalign")
@@ -58,6 +61,9 @@ class MultimodalLM(nn.Module):
     # packed rows (``data.packing``): several groups per row, kept apart by the mask, positions restarting per
     # group. A model without this attribute (a pretrained family's, which builds its own masks) is never packed.
     supports_packing = True
+    # whether the LM passes the decoder's keyword arguments on to its attention layers (segment attention for
+    # packed rows, ``anyalign/attention.py``); set False the first time one is found not to
+    _routes_segments = True
 
     def __init__(
         self,
@@ -197,14 +203,50 @@ class MultimodalLM(nn.Module):
             return attention_block_mask(roles, groups)
         return attention_mask_4d(roles, dtype, groups)
 
+    def segments(self, roles: torch.Tensor, groups: torch.Tensor | None, dtype: torch.dtype,
+                 cache: dict) -> Segments | None:
+        """Packed rows cut at their groups and slots for segment attention (``anyalign/attention.py``), built once per
+        (dtype, device) into ``cache``; None where the dense mask is used instead: unpacked rows (or packed rows
+        of one group each), a kernel other than SDPA, a GPU (flex attention is the block-sparse kernel there),
+        or an LM found not to pass the decoder's keyword arguments on to its attention layers."""
+        if (groups is None or self.attn_implementation != "sdpa" or roles.device.type != "cpu"
+                or not self._routes_segments or int(groups.max()) <= 0):
+            return None
+        key = ("segments", dtype, roles.device)
+        if key not in cache:
+            if self.shared_layout_unsupported_reason() is not None:
+                return None  # the dense path raises with the reason
+            cache[key] = attention_segments(roles, groups, dtype)
+        return cache[key]
+
     def forward(self, batch: dict, cache: StepCache | None = None) -> SeqLogps:
         """Sequence log-probs of a collated batch. ``cache``: pass the step's ``StepCache`` so a second forward
         on the same batch (the reference's) reuses the slot mask and frozen encoders' features."""
         cache = cache if cache is not None else StepCache()
         embeds = self.embed(batch["input_ids"], batch["media"], cache.features)
-        mask = self.attention_mask(batch["roles"], embeds.dtype, cache.masks, batch.get("groups"))
-        hidden = self.lm.get_decoder()(inputs_embeds=embeds, attention_mask=mask,
-                                       position_ids=batch["position_ids"], use_cache=False).last_hidden_state
+        decoder, hidden = self.lm.get_decoder(), None
+        segments = self.segments(batch["roles"], batch.get("groups"), embeds.dtype, cache.masks)
+        if segments is not None:  # packed rows under SDPA on the CPU: attention per group and slot, no dense mask
+            rows, length = batch["roles"].shape
+            calls = segments.calls
+            # a placeholder 4-D mask (a broadcast zero, no memory): transformers passes 4-D masks on untouched,
+            # and the segment attention reads each group's own mask from ``segments`` instead
+            placeholder = embeds.new_zeros(()).expand(rows, 1, length, length)
+            out = decoder(inputs_embeds=embeds, attention_mask=placeholder, position_ids=batch["position_ids"],
+                          use_cache=False, anyalign_segments=segments).last_hidden_state
+            layers = self.lm.config.get_text_config().num_hidden_layers
+            if segments.calls - calls == layers:
+                hidden = out
+            elif segments.calls == calls:  # the LM drops the keyword: the dense mask from now on
+                log.info("%s does not pass attention keywords on: packed rows take the dense mask",
+                         type(decoder).__name__)
+                self._routes_segments = False
+            else:
+                raise RuntimeError(f"segment attention ran in {segments.calls - calls} of {layers} decoder layers")
+        if hidden is None:
+            mask = self.attention_mask(batch["roles"], embeds.dtype, cache.masks, batch.get("groups"))
+            hidden = decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=batch["position_ids"],
+                             use_cache=False).last_hidden_state
         return gather_logps(hidden, self.lm.get_output_embeddings(), batch, self.softcap)
 
 

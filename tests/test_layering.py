@@ -14,9 +14,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # (layer, module-name prefixes), lowest first; the most specific prefix wins
 LAYERS = [
     (0, ["modalities.base", "anyalign.sequences"]),                                    # contracts
-    (1, ["anyalign.losses", "anyalign.loss_registry", "anyalign.losses_listwise", "anyalign.losses_conditional", "anyalign.logprobs", "modalities"]),                      # pure functions, adapters
+    (1, ["anyalign.losses", "anyalign.loss_registry", "anyalign.losses_listwise", "anyalign.losses_conditional",
+         "anyalign.logprobs", "modalities"]),                                           # pure functions, adapters
     (2, ["anyalign.data"]),                                                             # the training data flow
-    (3, ["anyalign.model", "anyalign.generation", "anyalign.families"]),
+    (3, ["anyalign.model", "anyalign.attention", "anyalign.generation", "anyalign.families"]),
     (4, ["anyalign.reference", "anyalign.online"]),
     (5, ["anyalign.module", "anyalign.metrics", "anyalign.callbacks", "anyalign.export", "anyalign.checkpoint",
          "anyalign.curves"]),

@@ -325,3 +325,153 @@ def test_packed_fit_with_negatives_and_precomputed_reference(tmp_path, monkeypat
     assert pre[0]["loss"] == pytest.approx(2 * math.log(2), abs=1e-5)
     for a, b in zip(pre, fc):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+
+
+# Segment attention (anyalign/attention.py): packed rows under SDPA on the CPU run attention once per group
+
+
+def _plan_allowed(piece, n):
+    """The query-key pairs a group's plan computes, as an ``[n, n]`` boolean matrix over the group."""
+    if piece.dense is not None:
+        return piece.dense[0, 0] == 0
+    allowed = torch.zeros(n, n, dtype=torch.bool)
+    a, p = piece.first, piece.prompt
+    allowed[:a, :a] = torch.ones(a, a, dtype=torch.bool).tril()  # causal, no mask
+    for (start, end), mask in zip(piece.slots, piece.masks):
+        assert mask.shape == (1, 1, end - start, p + end - start)
+        allowed[start:end, :p] = mask[0, 0, :, :p] == 0
+        allowed[start:end, start:end] = mask[0, 0, :, p:] == 0
+    return allowed
+
+
+def test_segments_cut_rows_at_groups_and_slots_as_the_dense_mask_does():
+    from anyalign.attention import PAD, attention_segments
+    roles, groups = _spans([[[(0, 3), (1, 2), (2, 4)], [(0, 2), (1, 3)]],
+                            [[(0, 5), (1, 1), (2, 2), (3, 3)]],
+                            [[(0, 4)], [(1, 2), (0, 3)]]])  # no slot; roles out of order: the group's dense mask
+    seg = attention_segments(roles, groups)
+    assert sum(seg.sizes) == roles.numel() and roles.shape[1] == 14
+    assert seg.sizes == [9, 5, 11, 3, 4, 5, 5]  # groups, then each row's padding run
+    assert seg.pieces[1].first == 5 and not seg.pieces[1].slots  # one response: plain causal, no mask
+    assert [seg.pieces[2].prompt, seg.pieces[2].first, seg.pieces[2].slots] == [5, 6, [(6, 8), (8, 11)]]
+    assert seg.pieces[3] == PAD and seg.pieces[6] == PAD
+    assert seg.pieces[4].dense is not None and seg.pieces[5].dense is not None
+    dense = attention_mask_4d(roles, groups=groups)[:, 0] == 0
+    starts = [(0, 0), (0, 9), (1, 0), (2, 0), (2, 4)]
+    for (r, s), piece, n in zip(starts, [seg.pieces[i] for i in (0, 1, 2, 4, 5)], [9, 5, 11, 4, 5]):
+        assert torch.equal(_plan_allowed(piece, n), dense[r, s:s + n, s:s + n])
+        assert not dense[r, s:s + n, :s].any() and not dense[r, s:s + n, s + n:].any()  # nothing outside the group
+
+
+def _dense(model):
+    """The same model forced onto the dense mask (what an LM that drops the keyword gets)."""
+    import copy
+    dense = copy.deepcopy(model)
+    dense._routes_segments = False
+    return dense
+
+
+@pytest.mark.parametrize("layout", ["shared", "concatenated"])
+def test_segment_attention_equals_the_dense_mask(text_model, layout, monkeypatch):
+    import anyalign.model
+    model, exs = text_model, _text_examples(text_model)
+    rows = rows_for(exs, layout)
+    batch = collate_rows(rows, model.tokenizer.pad_token_id, {}, len(exs), pack=3 * max(group_length(r) for r in rows))
+    assert (batch["roles"] < 0).any()  # padding runs too
+    dense_lp, _, dense_grad = _forward(_dense(model), batch)
+    built = []
+    monkeypatch.setattr(anyalign.model, "attention_mask_4d", lambda *a, **k: built.append(1))
+    cache = StepCache()
+    model.zero_grad()
+    out = model(batch, cache)
+    seg = cache.masks[("segments", torch.float32, torch.device("cpu"))]
+    assert seg.calls == model.lm.config.num_hidden_layers and not built  # every layer, no dense mask
+    with torch.no_grad():
+        model(batch, cache)  # a second forward on the batch (the reference's) reuses the segments
+    assert seg.calls == 2 * model.lm.config.num_hidden_layers and len(cache.masks) == 1
+    seg_lp, _, seg_grad = _forward(model, batch)
+    for name in dense_lp:
+        torch.testing.assert_close(seg_lp[name], dense_lp[name], atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(out.logps[batch["index"][name]].detach(), dense_lp[name], atol=1e-4, rtol=1e-5)
+    assert seg_grad.keys() == dense_grad.keys()
+    for n, g in seg_grad.items():
+        torch.testing.assert_close(g, dense_grad[n], atol=1e-5, rtol=1e-4, msg=n)
+
+
+def test_unpacked_rows_keep_the_dense_mask(text_model):
+    exs = _text_examples(text_model)
+    rows = rows_for(exs, "shared")
+    for batch in (collate_rows(rows, 0, {}, len(exs)), collate_rows(rows, 0, {}, len(exs), pack=1)):
+        cache = StepCache()
+        with torch.no_grad():
+            text_model(batch, cache)
+        assert [k[0] for k in cache.masks] == ["sdpa"]  # the dense (or padding) mask, no segments
+    batch = collate_rows(rows, 0, {}, len(exs), pack=200)
+    text_model.lm.set_attn_implementation("eager")  # segments are an SDPA path only
+    cache = StepCache()
+    with torch.no_grad():
+        text_model(batch, cache)
+    assert [k[0] for k in cache.masks] == ["eager"]
+
+
+def test_lm_that_drops_the_keyword_falls_back_to_the_dense_mask(text_model, caplog):
+    model, exs = text_model, _text_examples(text_model)
+    rows = rows_for(exs, "shared")
+    batch = collate_rows(rows, 0, {}, len(exs), pack=200)
+    with torch.no_grad():
+        expected = _dense(model)(batch).logps
+    decoder = model.lm.get_decoder()
+    forward = decoder.forward
+    decoder.forward = lambda *a, **k: forward(*a, **{x: v for x, v in k.items() if x != "anyalign_segments"})
+    cache = StepCache()
+    with caplog.at_level(logging.INFO, logger="anyalign"), torch.no_grad():
+        got = model(batch, cache).logps
+    assert "packed rows take the dense mask" in caplog.text and model._routes_segments is False
+    assert ("sdpa", torch.float32, torch.device("cpu")) in cache.masks
+    torch.testing.assert_close(got, expected)
+
+
+def test_sdpa_registry_entry_is_transformers_own_without_segments():
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from anyalign.attention import segment_sdpa
+    assert ALL_ATTENTION_FUNCTIONS["sdpa"] is segment_sdpa
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = 2, True
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 4, 7, 8, generator=g)
+    k, v = torch.randn(2, 2, 7, 8, generator=g), torch.randn(2, 2, 7, 8, generator=g)
+    mask = torch.zeros(2, 1, 7, 7).masked_fill_(torch.rand(2, 1, 7, 7, generator=g) < 0.3, -1e30)
+    mask[..., torch.arange(7), torch.arange(7)] = 0
+    for m in (None, mask):
+        assert torch.equal(segment_sdpa(module, q, k, v, m, scaling=0.3)[0],
+                           segment_sdpa.original(module, q, k, v, m, scaling=0.3)[0])
+
+
+def test_segment_attention_under_activation_checkpointing(tiny_lm):
+    """Recomputed layers get the same segments (the keyword rides along into the recomputation)."""
+    torch.manual_seed(0)
+    model = MultimodalLM(tiny_lm, {}, gradient_checkpointing=True)  # train mode: checkpointing is active
+    assert model.lm.get_decoder().gradient_checkpointing and model.training
+    exs = _text_examples(model)
+    batch = collate_rows(rows_for(exs, "shared"), 0, {}, len(exs), pack=200)
+    dense_lp, _, dense_grad = _forward(_dense(model), batch)
+    cache = StepCache()
+    model(batch, cache).logps.sum().backward()
+    assert next(iter(cache.masks.values())).calls == 2 * model.lm.config.num_hidden_layers  # forward, recomputed
+    seg_lp, _, seg_grad = _forward(model, batch)
+    for name in dense_lp:
+        torch.testing.assert_close(seg_lp[name], dense_lp[name], atol=1e-4, rtol=1e-5)
+    for n, g in seg_grad.items():
+        torch.testing.assert_close(g, dense_grad[n], atol=1e-5, rtol=1e-4, msg=n)
+
+
+def test_segment_attention_refuses_softcap_and_position_bias():
+    from anyalign.attention import attention_segments, segment_sdpa
+    roles, groups = _spans([[[(0, 2), (1, 2)], [(0, 1), (1, 1)]]])
+    seg = attention_segments(roles, groups)
+    module = torch.nn.Module()
+    q = torch.randn(1, 2, 6, 4)
+    for extra in ({"softcap": 30.0}, {"position_bias": torch.zeros(1, 2, 6, 6)}):
+        with pytest.raises(ValueError, match="data.packing: false"):
+            segment_sdpa(module, q, q, q, None, anyalign_segments=seg, **extra)

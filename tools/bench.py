@@ -21,6 +21,10 @@ packed vs unpacked. ``--skewed`` trains on a length-skewed multi-image set built
     python tools/bench.py --config configs/multi_image_dpo.yaml --skewed --threads 1 --rounds 5 \
         --variants shared+frozen_copy,shared+packed+frozen_copy -- --data.max_length 512
 
+``--packing N`` trains the ``+packed`` variants with ``data.packing: N`` (rows of up to N tokens) instead of
+``true``. The script imports the anyalign of the tree it lives in (its children too), whatever checkout the
+environment's editable install points at.
+
 ``--k-responses K`` compares one K-response row per prompt with the pairwise expansion of the same ranking
 (K(K-1)/2 pairs per prompt) on video with 256 media tokens per clip (``VideoAdapter`` 16 frames x 16 patches),
 built at run time by ``tools/make_k_data.py`` from the demo clips: the pairs in the duplicated (concatenated)
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import statistics
@@ -44,6 +49,12 @@ import tempfile
 import time
 from pathlib import Path
 
+# this tree's anyalign, not whichever checkout the environment installed (an editable install points at one
+# checkout; a script's own directory, not the working directory, heads sys.path): here and in the children
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+
 VARIANTS = {
     "concatenated+frozen_copy": ["--data.layout", "concatenated", "--model.reference", "frozen_copy"],
     "shared+frozen_copy": ["--data.layout", "shared", "--model.reference", "frozen_copy"],
@@ -52,8 +63,9 @@ VARIANTS = {
     "concatenated+none(sft)": ["--data.layout", "concatenated", "--model.losses", '[{"name": "sft"}]'],
     "shared+none(sft)": ["--data.layout", "shared", "--model.losses", '[{"name": "sft"}]'],
     # packed rows (data.packing): several pairs per row up to data.max_length tokens, the same pairs per batch
-    "shared+packed+frozen_copy": ["--data.layout", "shared", "--data.packing", "true", "--model.reference", "frozen_copy"],
-    "shared+packed+none(sft)": ["--data.layout", "shared", "--data.packing", "true", "--model.losses",
+    "shared+packed+frozen_copy": ["--data.layout", "shared", "--data.packing", "{packing}", "--model.reference",
+                                  "frozen_copy"],
+    "shared+packed+none(sft)": ["--data.layout", "shared", "--data.packing", "{packing}", "--model.losses",
                                 '[{"name": "sft"}]'],
 }
 
@@ -85,18 +97,19 @@ class StepTimer:
                 if batch_idx == warmup and module.device.type == "cuda":
                     import torch
                     torch.cuda.reset_peak_memory_stats()
-                self.t0 = time.perf_counter()
+                self.t0, self.c0 = time.perf_counter(), time.process_time()
 
             def on_train_batch_end(cb, trainer, module, outputs, batch, batch_idx):
                 self._sync(module)
                 if batch_idx >= warmup:
                     self.times.append(time.perf_counter() - self.t0)
+                    self.cpu.append(time.process_time() - self.c0)
                     self.batches.append({"pairs": len(batch["keys"]), "tokens": int((batch["roles"] >= 0).sum()),
                                          "rows": batch["roles"].shape[0], "padded": batch["roles"].numel(),
                                          "scored": int((batch["target_seq"] >= 0).sum()),
                                          "media": int(sum((batch["input_ids"] == t).sum()
                                                           for t in module.policy.media_token_ids.values()))})
-        self.callback, self.times, self.batches, self.t0 = _Timer(), [], [], 0.0
+        self.callback, self.times, self.cpu, self.batches, self.t0, self.c0 = _Timer(), [], [], [], 0.0, 0.0
 
     @staticmethod
     def _sync(module):
@@ -127,6 +140,9 @@ def run_variant(config: str, extra: list[str], steps: int, warmup: int, repeats:
     blocks = [timer.batches[i * steps:(i + 1) * steps] for i in range(repeats)]
     # rates per block, then the median block: blocks of a length-skewed set hold different token counts
     tokens_per_s = statistics.median(sum(b["tokens"] for b in blk) / t for blk, t in zip(blocks, times))
+    # the same per CPU-second of this process (all its threads): on a shared machine, less swayed by the others
+    cpu = [sum(timer.cpu[i * steps:(i + 1) * steps]) for i in range(repeats)]
+    tokens_per_cpu_s = statistics.median(sum(b["tokens"] for b in blk) / t for blk, t in zip(blocks, cpu))
     timed = blocks[0]  # one block's work, for the per-pair and FLOP figures
     pairs, tokens = sum(b["pairs"] for b in timed), sum(b["tokens"] for b in timed)
     scored, media = sum(b["scored"] for b in timed), sum(b["media"] for b in timed)
@@ -148,12 +164,13 @@ def run_variant(config: str, extra: list[str], steps: int, warmup: int, repeats:
     rows = sum(b["rows"] for b in timed)
     return {"samples_per_s": samples_per_s, "reference_mib": ref_mib, "tflops_per_s": flops / best / 1e12,
             "dtype": str(next(lm.parameters()).dtype).removeprefix("torch."), "tokens_per_s": tokens_per_s, "peak_mib": peak,
+            "tokens_per_cpu_s": tokens_per_cpu_s,
             "seconds": times, "pairs": pairs, "tokens": tokens, "media_tokens": media, "response_tokens": scored,
             "rows": rows, "padded": sum(b["padded"] for b in timed),
             "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}
 
 
-def check_logps(config: str, overrides: list[str], batches: int = 2) -> dict:
+def check_logps(config: str, overrides: list[str], batches: int = 2, packing: str = "true") -> dict:
     """The initial policy's log-probs of the same training examples in unpacked and in packed rows (the config's
     layout, fp32 unless the config says otherwise, no dropout): the largest difference over every sequence."""
     import itertools
@@ -165,7 +182,7 @@ def check_logps(config: str, overrides: list[str], batches: int = 2) -> dict:
     from anyalign.data.scan import example_stages
 
     cli = build_cli(["--config", config, "--data.num_workers", "0", "--trainer.logger", "false", *overrides,
-                     "--data.packing", "true"])
+                     "--data.packing", packing])
     module, data = cli.model, cli.datamodule
     data.bind(module.policy, module.negatives, module.needs, module.reference)
     if not data.packing:
@@ -232,6 +249,8 @@ def main() -> None:
                     "expansion (K(K-1)/2 pairs) in the duplicated layout and in shared rows, on video with 256 media "
                     "tokens per clip built at run time (tools/make_k_data.py); use with --config configs/video_dpo.yaml "
                     "and -- --data.batch_size B (prompts per step)")
+    ap.add_argument("--packing", default="true", help="data.packing of the +packed variants: true (rows of "
+                    "data.max_length tokens) or a row length in tokens (default: true)")
     ap.add_argument("--k-prompts", type=int, default=64, help=argparse.SUPPRESS)
     ap.add_argument("--subst", default="{}", help=argparse.SUPPRESS)
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -240,10 +259,10 @@ def main() -> None:
     ap.add_argument("--cache", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child_logps:
-        print(json.dumps(check_logps(args.config, args.overrides)))
+        print(json.dumps(check_logps(args.config, args.overrides, packing=args.packing)))
         return
     if args.child:
-        subst = {"{cache}": args.cache or "", **json.loads(args.subst)}
+        subst = {"{cache}": args.cache or "", "{packing}": args.packing, **json.loads(args.subst)}
         extra = list(VARIANTS.get(args.child) or K_VARIANTS[args.child])
         for key, value in subst.items():
             extra = [a.replace(key, str(value)) for a in extra]
@@ -292,6 +311,7 @@ def main() -> None:
         for name in names:
             cmd = [sys.executable, __file__, "--config", args.config, "--steps", str(args.steps), "--warmup",
                    str(args.warmup), "--repeats", str(args.repeats), "--threads", str(args.threads), "--child", name,
+                   "--packing", args.packing,
                    "--cache", cache, "--subst", json.dumps(subst), "--", *args.overrides]
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode:
@@ -302,7 +322,8 @@ def main() -> None:
             r["prompts_per_s"] = r["samples_per_s"] / per_prompt.get(name, 1)
         rs = sorted(rs, key=lambda r: r["samples_per_s"])
         results[name] = {**rs[len(rs) // 2], "peak_mib": max(r["peak_mib"] for r in rs),
-                         "range": (rs[0]["samples_per_s"], rs[-1]["samples_per_s"])}
+                         "range": (rs[0]["samples_per_s"], rs[-1]["samples_per_s"]),
+                         "tokens_per_cpu_s": statistics.median(r["tokens_per_cpu_s"] for r in rs)}
     first = next(iter(results.values()))
     print(f"config {args.config} {' '.join(args.overrides)} | device {first['device']} | {args.steps} steps x "
           f"{args.repeats} repeats after {args.warmup} warm-up, {args.rounds} round(s) | threads {args.threads or 'default'} | per pair: "
@@ -321,13 +342,17 @@ def main() -> None:
     for name, r in results.items():  # packed against the same variant unpacked: the padding-free gain
         plain = results.get(name.replace("+packed", ""))
         if "+packed" in name and plain:
-            print(f"{name} vs {name.replace('+packed', '')}: tokens/s {r['tokens_per_s'] / plain['tokens_per_s']:.2f}x, "
+            print(f"{name} vs {name.replace('+packed', '')}: tokens/s {r['tokens_per_s'] / plain['tokens_per_s']:.2f}x "
+                  f"({r['tokens_per_s']:.0f} vs {plain['tokens_per_s']:.0f}; per CPU-second of the process "
+                  f"{r['tokens_per_cpu_s'] / plain['tokens_per_cpu_s']:.2f}x, {r['tokens_per_cpu_s']:.0f} vs "
+                  f"{plain['tokens_per_cpu_s']:.0f}), "
                   f"peak memory {r['peak_mib']:.0f} vs {plain['peak_mib']:.0f} MiB; rows per batch "
                   f"{r['rows'] / args.steps:.1f} vs {plain['rows'] / args.steps:.1f}, padding "
                   f"{100 * (1 - r['tokens'] / r['padded']):.0f}% vs {100 * (1 - plain['tokens'] / plain['padded']):.0f}% "
                   f"of the row positions")
     if any("+packed" in n for n in names):
-        out = subprocess.run([sys.executable, __file__, "--config", args.config, "--child-logps", "--", *args.overrides],
+        out = subprocess.run([sys.executable, __file__, "--config", args.config, "--child-logps", "--packing",
+                              args.packing, "--", *args.overrides],
                              capture_output=True, text=True)
         if out.returncode:
             sys.exit(f"log-prob check failed:\n{out.stderr[-3000:]}")
