@@ -44,6 +44,18 @@ def _smoothed(ys: list[float], window: int) -> list[float]:
     return out
 
 
+def _save(fig, metrics_csv: str | Path, out_png: str | Path) -> Path:
+    """Title the figure with the run directory, lay it out and write it (the figure is closed)."""
+    import matplotlib.pyplot as plt
+    fig.suptitle(f"{Path(metrics_csv).parent}", fontsize=10, color="gray")
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
 def plot_curves(metrics_csv: str | Path, out_png: str | Path) -> Path:
     """Plot ``metrics_csv`` into ``out_png`` (1200 x 800 px) and return its path.
 
@@ -117,13 +129,7 @@ def plot_curves(metrics_csv: str | Path, out_png: str | Path) -> Path:
         else:
             absent(grad_ax, "gradient norm or learning rate")
 
-        fig.suptitle(f"{Path(metrics_csv).parent}", fontsize=10, color="gray")
-        fig.tight_layout()
-        out = Path(out_png)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out)
-        plt.close(fig)
-    return out
+        return _save(fig, metrics_csv, out_png)
 
 
 def plot_online(metrics_csv: str | Path, out_png: str | Path) -> Path | None:
@@ -162,10 +168,4 @@ def plot_online(metrics_csv: str | Path, out_png: str | Path) -> Path | None:
                     ylabel="share of online prompts", ylim=(-0.02, 1.02))
         for ax in (reward_ax, tied_ax):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        fig.suptitle(f"{Path(metrics_csv).parent}", fontsize=10, color="gray")
-        fig.tight_layout()
-        out = Path(out_png)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out)
-        plt.close(fig)
-    return out
+        return _save(fig, metrics_csv, out_png)
