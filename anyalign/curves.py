@@ -157,13 +157,15 @@ def plot_online(metrics_csv: str | Path, out_png: str | Path) -> Path | None:
             bx, by = series.get(column, ([], []))
             if bx:
                 reward_ax.plot(bx, _smoothed(by, max(2, len(bx) // 20)) if many else by, color=color, linewidth=1,
+                               marker=None if many else "o", markersize=3,
                                label=label + (" (running mean)" if many else ""))
         reward_ax.set(title="Reward of the responses sampled from the policy", xlabel="optimizer step",
                       ylabel="reward")
         reward_ax.legend()
         tx, ty = series.get("online/tied", ([], []))
         if tx:
-            tied_ax.plot(tx, _smoothed(ty, max(2, len(tx) // 20)) if len(tx) > 30 else ty, color="tab:gray")
+            tied_ax.plot(tx, _smoothed(ty, max(2, len(tx) // 20)) if len(tx) > 30 else ty, color="tab:gray",
+                         marker=None if len(tx) > 30 else "o", markersize=3)
         tied_ax.set(title="Prompts whose K rewards tie (not trained)", xlabel="optimizer step",
                     ylabel="share of online prompts", ylim=(-0.02, 1.02))
         for ax in (reward_ax, tied_ax):
