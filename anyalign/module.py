@@ -144,6 +144,7 @@ class AlignModule(L.LightningModule):
             self.online = None
         self.skipped: list[tuple[str, str, str]] = []
         self.online_history: list[tuple[int, int, int, float]] = []  # (step, prompts scored, tied, reward sum)
+        self._online_tools = None
         self.val_history: list[dict] = []
         self._held_out = HeldOut()
 
@@ -227,11 +228,14 @@ class AlignModule(L.LightningModule):
     def _online_batch(self, batch: dict) -> dict:
         """An online batch (``pipeline.Deferred``): K responses sampled for its online examples and ranked by the
         reward, then the whole batch collated as an offline one would be (its reward figures logged)."""
-        data = self.trainer.datamodule
-        examples, skipped, stats = self.online(self.policy, batch["examples"], data.tokenizer(), self.global_step,
+        if self._online_tools is None:  # the data module's tokenizer and training collator, built once
+            data = self.trainer.datamodule
+            self._online_tools = (data.tokenizer(), data.train_collator())
+        tokenizer, collate = self._online_tools
+        examples, skipped, stats = self.online(self.policy, batch["examples"], tokenizer, self.global_step,
                                                self.global_rank)
         if examples:
-            out = move_data_to_device(data.train_collator()(examples), self.device)
+            out = move_data_to_device(collate(examples), self.device)
         else:
             out = {"num_sequences": 0, "keys": []}
         out["skipped"] = list(batch.get("skipped", [])) + skipped

@@ -76,10 +76,18 @@ class TokenF1(Reward):
         return [token_f1(answer, r) for r in responses]
 
 
-def _device(policy, device: str) -> torch.device:
-    if device != "auto":
-        return torch.device(device)
-    return next(policy.parameters()).device if policy is not None else torch.device("cpu")
+def _load(model_class, reward, policy):
+    """A reward's checkpoint (``reward.path``): its tokenizer (a pad token, EOS if it has none) and its model, frozen,
+    in eval mode, in ``reward.dtype`` on ``reward.device`` (``auto``: the policy's device)."""
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(reward.path, trust_remote_code=reward.trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = model_class.from_pretrained(reward.path, dtype=reward.dtype, trust_remote_code=reward.trust_remote_code)
+    model.eval().requires_grad_(False)
+    device = torch.device(reward.device) if reward.device != "auto" else \
+        next(policy.parameters()).device if policy is not None else torch.device("cpu")
+    return tokenizer, model.to(device)
 
 
 class RewardModel(Reward):
@@ -99,17 +107,11 @@ class RewardModel(Reward):
         self.model = None
 
     def bind(self, policy) -> None:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-        self.tokenizer = AutoTokenizer.from_pretrained(self.path, trust_remote_code=self.trust_remote_code)
+        from transformers import AutoModelForSequenceClassification
+        self.tokenizer, self.model = _load(AutoModelForSequenceClassification, self, policy)
         self.tokenizer.truncation_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            self.path, dtype=self.dtype, trust_remote_code=self.trust_remote_code).eval()
-        self.model.requires_grad_(False)
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
-        self.model.to(_device(policy, self.device))
         n = self.model.config.num_labels
         if self.label is not None and not -n <= self.label < n:
             raise ValueError(f"model.online.reward.init_args.label={self.label}, but {self.path} has {n} labels")
@@ -160,17 +162,11 @@ class Judge(Reward):
         self.model = None
 
     def bind(self, policy) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        self.tokenizer = AutoTokenizer.from_pretrained(self.path, trust_remote_code=self.trust_remote_code)
+        from transformers import AutoModelForCausalLM
+        self.tokenizer, self.model = _load(AutoModelForCausalLM, self, policy)
         if not getattr(self.tokenizer, "chat_template", None):
             raise ValueError(f"model.online.reward: the judge {self.path} has no chat template")
         self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(
-            self.path, dtype=self.dtype, trust_remote_code=self.trust_remote_code).eval()
-        self.model.requires_grad_(False)
-        self.model.to(_device(policy, self.device))
         self.letters = []
         for letter in ("A", "B"):
             ids = self.tokenizer(letter, add_special_tokens=False)["input_ids"]
